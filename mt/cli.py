@@ -1,0 +1,128 @@
+"""The `mt` command: picks configs/<stage>.yaml, composes it with Hydra, calls one run_* function.
+
+Expected mistakes (a bad key, a missing file, a malformed line) end with one sentence on stderr
+and exit status 2; no traceback. Flags such as `--help`, `--cfg job` or `--info` go to Hydra's
+own entry point, so they behave as Hydra users expect.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mt.config import ConfigError, register_configs
+from mt.errors import MTError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+# stage -> (module, function, one-line help); a module of None means "not built yet".
+STAGES: dict[str, tuple[str | None, str, str]] = {
+    "prepare": ("mt.prepare", "run_prepare", "clean parallel text, train SentencePiece, binarize"),
+    "train": (None, "run_train", "train a Transformer on a prepared data directory"),
+    "translate": (None, "run_translate", "translate text files or stdin with beam search"),
+    "eval": (None, "run_eval", "score translations with sacreBLEU (BLEU, chrF, TER)"),
+}
+
+EXIT_USAGE = 2
+
+log = logging.getLogger("mt")
+
+
+def _usage() -> str:
+    lines = ["usage: mt <stage> [key=value ...] [--help] [--cfg job]", "", "stages:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in STAGES.items()]
+    lines += ["", "Run `mt <stage> --help` for a stage's options (Hydra overrides)."]
+    return "\n".join(lines)
+
+
+def _fail(stage: str, message: str) -> None:
+    print(f"mt {stage}: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _config_sentence(exc: BaseException) -> str:
+    """Turn a Hydra/OmegaConf exception into one sentence that names the key."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if full_key and " not in " in detail:
+        return f"unknown config key '{full_key}' (`--cfg job` lists the valid keys)."
+    if full_key:
+        return f"bad value for config key '{full_key}': {detail}."
+    if "Could not find" in detail:
+        lines = str(exc).splitlines()
+        start = next((i for i, line in enumerate(lines) if line.startswith("Available")), None)
+        options = []
+        if start is not None:
+            options = [line.strip() for line in lines[start + 1 :] if line.startswith("\t")]
+            options = [o for o in options if "=" not in o]
+        suffix = f"; available: {', '.join(options)}" if options else ""
+        what = detail.split("': ", 1)[-1]
+        return f"{what}{suffix}."
+    return detail
+
+
+def _compose(stage: str, overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=stage, overrides=overrides)
+    return OmegaConf.to_object(cfg)
+
+
+def _run_stage(stage: str, run: Callable[[Any], Any], cfg: Any) -> None:
+    try:
+        run(cfg)
+    except (MTError, ConfigError) as exc:
+        _fail(stage, str(exc))
+    except KeyboardInterrupt:
+        print(f"mt {stage}: interrupted.", file=sys.stderr)
+        sys.exit(130)
+
+
+def _hydra_entry(stage: str, run: Callable[[Any], Any], args: list[str]) -> None:
+    """Hand flags (--help, --cfg, --info, -m ...) to Hydra's own entry point."""
+    import hydra
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name=stage, version_base=None)
+    def _task(cfg: Any) -> None:
+        _run_stage(stage, run, OmegaConf.to_object(cfg))
+
+    sys.argv = [f"mt {stage}", *args]
+    _task()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `mt` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        sys.exit(0 if args else EXIT_USAGE)
+    stage, rest = args[0], args[1:]
+    if stage not in STAGES:
+        _fail(stage, f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}.")
+    module, func, _ = STAGES[stage]
+    if module is None:
+        _fail(stage, f"the '{stage}' stage is not implemented yet in this version of mt.")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    register_configs()
+    run = getattr(importlib.import_module(module), func)
+    if any(arg.startswith("-") for arg in rest):
+        _hydra_entry(stage, run, rest)
+        return
+    try:
+        cfg = _compose(stage, rest)
+    except (OmegaConfBaseException, ConfigError) as exc:
+        _fail(stage, _config_sentence(exc))
+    except Exception as exc:  # Hydra's own exceptions (composition, override grammar)
+        if type(exc).__module__.startswith(("hydra", "omegaconf")):
+            _fail(stage, _config_sentence(exc))
+        raise
+    _run_stage(stage, run, cfg)

@@ -1,0 +1,263 @@
+"""run_prepare: raw parallel text -> clean/filter -> train SentencePiece -> binarized splits.
+
+The output folder holds the SentencePiece model(s), the binarized splits (see `mt.shards`) and
+`manifest.json`, written last, which records counts, drops, lengths, hashes and the resolved
+config. Re-running with the same inputs and config reuses the folder ("up to date").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt import __version__
+from mt.clean import CleanReport, clean_split
+from mt.config import PrepareConfig, validate_prepare
+from mt.corpus import Corpus, InputFile, Pairs, load_hub, load_local, local_files
+from mt.errors import MTError
+from mt.shards import flatten, token_dtype, write_shard
+from mt.tokenizer import Tokenizer, train_sentencepiece
+
+MANIFEST = "manifest.json"
+FORMAT = "mt-data/1"
+ENCODE_CHUNK = 100_000
+
+log = logging.getLogger("mt.prepare")
+
+
+def _config_hash(cfg: PrepareConfig) -> str:
+    """Hash of every setting that changes the output (not where it goes, nor the input path)."""
+    settings = dataclasses.asdict(cfg)
+    for key in ("out_dir", "force", "workers"):
+        settings.pop(key)
+    settings["data"].pop("path")
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of a data folder made by `mt prepare`, or None if there is none."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _check_out_dir(out: Path) -> dict[str, Any] | None:
+    """Refuse a folder that holds something other than an earlier `mt prepare` output."""
+    if out.exists() and not out.is_dir():
+        raise MTError(f"out_dir {out} exists and is not a folder; choose another out_dir.")
+    manifest = read_manifest(out)
+    if manifest is None and out.is_dir() and any(out.iterdir()):
+        raise MTError(
+            f"out_dir {out} is not empty and holds no mt manifest.json; choose another out_dir "
+            "(nothing was written)."
+        )
+    return manifest
+
+
+def _same_inputs(recorded: list[dict[str, Any]], files: list[Path]) -> bool:
+    """True when the files are the recorded ones: same size and mtime, else same content."""
+    if len(recorded) != len(files):
+        return False
+    for old, path in zip(recorded, files, strict=True):
+        now = InputFile.stat(path)
+        if now.path != old["path"] or now.size != old["size"]:
+            return False
+        if now.mtime_ns != old["mtime_ns"] and now.hash().sha256 != old["sha256"]:
+            return False
+    return True
+
+
+def _up_to_date(manifest: dict[str, Any] | None, cfg: PrepareConfig, files: list[Path]) -> bool:
+    if manifest is None or manifest.get("config_hash") != _config_hash(cfg):
+        return False
+    return _same_inputs(manifest["source"].get("files", []), files)
+
+
+def _clean(corpus: Corpus, cfg: PrepareConfig) -> tuple[dict[str, Pairs], dict[str, CleanReport]]:
+    cleaned, reports = {}, {}
+    for split, pairs in corpus.splits.items():
+        if split == "train" and cfg.data.max_train_pairs is not None:
+            n = cfg.data.max_train_pairs
+            pairs = Pairs(pairs.src[:n], pairs.tgt[:n])
+        cleaned[split], reports[split] = clean_split(
+            pairs, cfg.clean, filter_pairs=split == "train"
+        )
+    if len(cleaned["train"]) == 0:
+        dropped = ", ".join(f"{k} {v}" for k, v in reports["train"].dropped.items() if v)
+        raise MTError(
+            f"the training split is empty after cleaning ({reports['train'].read} pairs read"
+            + (f"; dropped: {dropped}" if dropped else "")
+            + ")."
+        )
+    return cleaned, reports
+
+
+def _train_spm(train: Pairs, cfg: PrepareConfig, build: Path, threads: int) -> dict[str, str]:
+    """Train the joint model or one per side; returns side -> model file name."""
+    opts = dict(
+        vocab_size=cfg.spm.vocab_size,
+        model_type=cfg.spm.model_type,
+        character_coverage=cfg.spm.character_coverage,
+        byte_fallback=cfg.spm.byte_fallback,
+        user_defined_symbols=cfg.spm.user_defined_symbols,
+        input_sentence_size=cfg.spm.input_sentence_size,
+        seed=cfg.seed,
+        threads=threads,
+    )
+    if cfg.spm.joint:
+        train_sentencepiece(train.src + train.tgt, build / "spm", **opts)
+        return {"src": "spm.model", "tgt": "spm.model"}
+    for lang, lines in ((cfg.data.src, train.src), (cfg.data.tgt, train.tgt)):
+        train_sentencepiece(lines, build / f"spm.{lang}", **opts)
+    return {"src": f"spm.{cfg.data.src}.model", "tgt": f"spm.{cfg.data.tgt}.model"}
+
+
+def _length_stats(lengths: np.ndarray) -> dict[str, float]:
+    if len(lengths) == 0:
+        return {"tokens": 0, "mean": 0.0, "p95": 0.0, "max": 0}
+    return {
+        "tokens": int(lengths.sum()),
+        "mean": round(float(lengths.mean()), 2),
+        "p95": float(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+    }
+
+
+def _encode(
+    splits: dict[str, Pairs], models: dict[str, str], build: Path, threads: int
+) -> dict[str, Any]:
+    """Encode every split on `threads` threads into shards; returns per-split length stats."""
+    tokenizers = {side: Tokenizer(build / name) for side, name in models.items()}
+    stats: dict[str, Any] = {}
+    for split, pairs in splits.items():
+        stats[split] = {"pairs": len(pairs)}
+        for side, lines in (("src", pairs.src), ("tgt", pairs.tgt)):
+            tok = tokenizers[side]
+            dtype = token_dtype(tok.vocab_size)
+            chunks = [
+                flatten(tok.encode(lines[i : i + ENCODE_CHUNK], threads), dtype)
+                for i in range(0, len(lines), ENCODE_CHUNK)
+            ]
+            stats[split][side] = _length_stats(write_shard(build, split, side, chunks))
+    return stats
+
+
+def _install(build: Path, out: Path, old: dict[str, Any] | None, manifest: dict[str, Any]) -> None:
+    """Move the new files into `out`, drop files only the old manifest owned, write the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in build.iterdir():
+        os.replace(path, out / path.name)
+    for name in set(old["files"]) - set(manifest["files"]) if old else ():
+        (out / name).unlink(missing_ok=True)
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+
+
+def _print_report(reports: dict[str, CleanReport], out: Path, manifest: dict[str, Any]) -> None:
+    header = f"{'split':<6} {'read':>9} {'kept':>9}  dropped (train) / flagged (valid, test)"
+    print(header)
+    for split, r in reports.items():
+        counts = r.dropped if split == "train" else r.flagged
+        detail = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "-"
+        print(f"{split:<6} {r.read:>9,} {r.kept:>9,}  {detail}")
+    t = manifest["timings_s"]
+    print(
+        f"wrote {out}: vocab {manifest['spm']['vocab_size']}, "
+        f"clean {t['clean']:.1f}s, sentencepiece {t['spm']:.1f}s, encode {t['encode']:.1f}s"
+    )
+
+
+def _load(cfg: PrepareConfig, files: dict[str, list[Path]] | None) -> Corpus:
+    return load_hub(cfg.data) if files is None else load_local(cfg.data, files)
+
+
+def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    """Build (or reuse) the data folder `cfg.out_dir`; returns its manifest."""
+    validate_prepare(cfg)
+    out = Path(cfg.out_dir)
+    old = _check_out_dir(out)
+    files = None if cfg.data.hub_id else local_files(cfg.data)
+    flat_files = [p for paths in (files or {}).values() for p in paths]
+    if not cfg.force and files is not None and _up_to_date(old, cfg, flat_files):
+        print(f"{out} is up to date (same inputs and settings); force=true rebuilds it.")
+        return old  # type: ignore[return-value]
+    threads = cfg.workers or os.cpu_count() or 1
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    corpus = _load(cfg, files)
+    if files is None and not cfg.force and old and old.get("config_hash") == _config_hash(cfg):
+        if old["source"].get("fingerprints") == corpus.fingerprints:
+            print(f"{out} is up to date (same dataset and settings); force=true rebuilds it.")
+            return old
+    timings["load"] = time.perf_counter() - start
+    splits, reports = _clean(corpus, cfg)
+    timings["clean"] = time.perf_counter() - start - timings["load"]
+    build = out.parent / f".{out.name}.build-{os.getpid()}"
+    build.mkdir(parents=True)
+    try:
+        mark = time.perf_counter()
+        models = _train_spm(splits["train"], cfg, build, threads)
+        timings["spm"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        stats = _encode(splits, models, build, threads)
+        timings["encode"] = time.perf_counter() - mark
+        manifest = _manifest(cfg, corpus, reports, stats, models, build, timings)
+        _install(build, out, old, manifest)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    _print_report(reports, out, manifest)
+    return manifest
+
+
+def _manifest(
+    cfg: PrepareConfig,
+    corpus: Corpus,
+    reports: dict[str, CleanReport],
+    stats: dict[str, Any],
+    models: dict[str, str],
+    build: Path,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    source: dict[str, Any] = {"hub_id": cfg.data.hub_id, "hub_config": cfg.data.hub_config}
+    if cfg.data.hub_id:
+        source["fingerprints"] = corpus.fingerprints
+    else:
+        source["path"] = str(Path(cfg.data.path or ".").resolve())
+        source["files"] = [dataclasses.asdict(f.hash()) for f in corpus.inputs]
+    tokenizers = {side: Tokenizer(build / name) for side, name in models.items()}
+    return {
+        "format": FORMAT,
+        "mt_version": __version__,
+        "source": source,
+        "direction": f"{cfg.data.src}-{cfg.data.tgt}",
+        "src": cfg.data.src,
+        "tgt": cfg.data.tgt,
+        "splits": stats,
+        "cleaning": {split: dataclasses.asdict(r) for split, r in reports.items()},
+        "spm": {
+            "joint": cfg.spm.joint,
+            "models": models,
+            "vocab_size": tokenizers["src"].vocab_size,
+            "tgt_vocab_size": tokenizers["tgt"].vocab_size,
+            "sha256": {side: tok.sha256() for side, tok in tokenizers.items()},
+        },
+        "files": sorted(p.name for p in build.iterdir()),
+        "config_hash": _config_hash(cfg),
+        "config": dataclasses.asdict(cfg),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }

@@ -1,0 +1,84 @@
+"""SentencePiece wrapper: training, batch encode/decode, and the sole owner of the special ids.
+
+The ids of pad, unk, bos and eos are fixed here; the model, the loss and the decoder rely on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+def train_sentencepiece(
+    sentences: Sequence[str],
+    model_prefix: Path,
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    byte_fallback: bool = True,
+    user_defined_symbols: Sequence[str] = (),
+    input_sentence_size: int = 2_000_000,
+    seed: int = 1,
+    threads: int = 1,
+) -> Path:
+    """Train a SentencePiece model on already-normalized sentences; returns the .model path.
+
+    Normalization is the identity: text arrives cleaned (NFC, single spaces), so that decoding
+    an encoded sentence gives back exactly the cleaned text. `vocab_size` is an upper bound:
+    a corpus too small for it gets the largest vocabulary it supports.
+    """
+    spm.set_random_generator_seed(seed)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_prefix=str(model_prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=byte_fallback,
+        user_defined_symbols=list(user_defined_symbols),
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True,
+        normalization_rule_name="identity",
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        hard_vocab_limit=False,
+        num_threads=threads,
+        minloglevel=2,
+    )
+    return model_prefix.with_suffix(".model")
+
+
+class Tokenizer:
+    """A trained SentencePiece model: batch encode to ids, batch decode to text."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.path = Path(model_path)
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        specials = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise ValueError(
+                f"{self.path}: special ids {specials} differ from pad/unk/bos/eos 0-3."
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        """Ids of each text, without bos/eos, encoded on `threads` C++ threads."""
+        return self.sp.encode(texts, out_type=int, num_threads=threads)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Text of each id sequence; special ids are skipped."""
+        return self.sp.decode(ids)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()

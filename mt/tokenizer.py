@@ -11,6 +11,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from mt.errors import MTError
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
@@ -34,25 +36,30 @@ def train_sentencepiece(
     a corpus too small for it gets the largest vocabulary it supports.
     """
     spm.set_random_generator_seed(seed)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=str(model_prefix),
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=character_coverage,
-        byte_fallback=byte_fallback,
-        user_defined_symbols=list(user_defined_symbols),
-        input_sentence_size=input_sentence_size,
-        shuffle_input_sentence=True,
-        normalization_rule_name="identity",
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        hard_vocab_limit=False,
-        num_threads=threads,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_prefix=str(model_prefix),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            byte_fallback=byte_fallback,
+            user_defined_symbols=list(user_defined_symbols),
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
+            normalization_rule_name="identity",
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            hard_vocab_limit=False,
+            num_threads=threads,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        # SentencePiece reports as "INTERNAL: file(line) [check] message": keep the message
+        reason = str(exc).strip().splitlines()[0].split("] ")[-1]
+        raise MTError(f"SentencePiece training failed: {reason}") from None
     return model_prefix.with_suffix(".model")
 
 

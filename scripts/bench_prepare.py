@@ -1,0 +1,113 @@
+"""Time `mt prepare` stage by stage on Multi30k and on a synthetic 1,000,000-pair corpus.
+
+    python scripts/bench_prepare.py [--pairs 1000000] [--multi30k ../shared/data/multi30k]
+
+Prints pairs/s for loading, cleaning, SentencePiece training and encoding, separately, then one
+JSON line with every figure. Each run uses force=true so nothing is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from mt.config import CleanConfig, DataConfig, PrepareConfig, SpmConfig
+from mt.prepare import run_prepare
+
+WORDS = [
+    "".join(
+        random.Random(i).choices(
+            "abcdefghijklmnopqrstuvwxyzäöüß", k=random.Random(-i).randint(2, 9)
+        )
+    )
+    for i in range(20_000)
+]
+
+
+def synthetic_corpus(folder: Path, pairs: int, seed: int = 0) -> Path:
+    """Write train/valid/test .en/.de files of Zipf-ish random words, `pairs` training pairs."""
+    rng = random.Random(seed)
+    weights = [1.0 / (rank + 1) for rank in range(len(WORDS))]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", pairs), ("valid", 1000), ("test", 1000)):
+        lengths = [rng.randint(4, 30) for _ in range(n)]
+        words = rng.choices(WORDS, weights, k=sum(lengths) * 2)
+        lines, pos = [], 0
+        for length in lengths:
+            lines.append(" ".join(words[pos : pos + length]))
+            pos += length
+        (folder / f"{split}.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tgt, pos = [], len(words) // 2
+        for length in lengths:
+            tgt.append(" ".join(words[pos : pos + length]))
+            pos += length
+        (folder / f"{split}.de").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    return folder
+
+
+def time_prepare(name: str, data: DataConfig, out: Path) -> dict[str, float]:
+    cfg = PrepareConfig(
+        data=data, clean=CleanConfig(), spm=SpmConfig(), out_dir=str(out), force=True
+    )
+    start = time.perf_counter()
+    manifest = run_prepare(cfg)
+    total = time.perf_counter() - start
+    t = manifest["timings_s"]
+    read = sum(r["read"] for r in manifest["cleaning"].values())
+    train = manifest["splits"]["train"]["pairs"]
+    encoded = sum(s["pairs"] for s in manifest["splits"].values())
+    row = {
+        "corpus": name,
+        "pairs_read": read,
+        "total_s": round(total, 2),
+        "load_pairs_per_s": round(read / t["load"]),
+        "clean_pairs_per_s": round(read / t["clean"]),
+        "spm_train_pairs_per_s": round(train / t["spm"]),
+        "encode_pairs_per_s": round(encoded / t["encode"]),
+    }
+    print(
+        f"{name:<10} {read:>9,} pairs  total {total:6.1f}s | load {row['load_pairs_per_s']:>10,}/s"
+        f" | clean {row['clean_pairs_per_s']:>9,}/s"
+        f" | spm train {row['spm_train_pairs_per_s']:>9,}/s"
+        f" | encode {row['encode_pairs_per_s']:>9,}/s",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument(
+        "--multi30k", default=os.environ.get("MT_MULTI30K", "../shared/data/multi30k")
+    )
+    args = parser.parse_args()
+    print(f"cores: {os.cpu_count()}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        if Path(args.multi30k).is_dir():
+            data = DataConfig(
+                name="multi30k",
+                path=args.multi30k,
+                format="text",
+                valid="val",
+                test="test_2016_flickr",
+            )
+            rows.append(time_prepare("multi30k", data, tmp_path / "m30k"))
+        start = time.perf_counter()
+        corpus = synthetic_corpus(tmp_path / "synthetic", args.pairs)
+        print(f"(generated {args.pairs:,} synthetic pairs in {time.perf_counter() - start:.1f}s)")
+        rows.append(
+            time_prepare("synthetic", DataConfig(name="syn", path=str(corpus)), tmp_path / "syn")
+        )
+    print(json.dumps({"results": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny synthetic parallel corpus, and configs composed from the real YAML."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mt.cli import CONFIG_DIR
+from mt.config import register_configs
+
+EN = "a the man woman dog cat sees runs house red big small green eats apple walks street".split()
+DE = (
+    "ein der Mann Frau Hund Katze sieht läuft Haus rot groß klein grün isst Apfel geht Straße"
+).split()
+
+
+def make_pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """n sentence pairs; the German side is a word-by-word image of the English side."""
+    rng = random.Random(seed)
+    en, de = [], []
+    for _ in range(n):
+        idx = [rng.randrange(len(EN)) for _ in range(rng.randint(3, 9))]
+        en.append(" ".join(EN[i] for i in idx))
+        de.append(" ".join(DE[i] for i in idx))
+    return en, de
+
+
+def write_corpus(folder: Path, sizes: dict[str, int] | None = None) -> Path:
+    """Write {split}.en / {split}.de for train, valid and test into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = sizes or {"train": 300, "valid": 20, "test": 20}
+    for seed, (split, n) in enumerate(sizes.items()):
+        en, de = make_pairs(n, seed)
+        (folder / f"{split}.en").write_text("\n".join(en) + "\n", encoding="utf-8")
+        (folder / f"{split}.de").write_text("\n".join(de) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+def compose_config(stage: str, overrides: list[str]) -> object:
+    """Compose configs/<stage>.yaml with overrides into its typed dataclass."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=stage, overrides=overrides)
+    return OmegaConf.to_object(cfg)
+
+
+def prepare_config(corpus: Path, out: Path, *extra: str) -> object:
+    """A prepare config for a tiny local corpus with a small vocabulary."""
+    overrides = [
+        "data=local",
+        f"data.path={corpus}",
+        f"out_dir={out}",
+        "spm.vocab_size=320",
+        *extra,
+    ]
+    return compose_config("prepare", overrides)

@@ -1,0 +1,38 @@
+import pytest
+
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
+from tests.conftest import make_pairs
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    en, de = make_pairs(300, seed=0)
+    prefix = tmp_path_factory.mktemp("spm") / "spm"
+    path = train_sentencepiece(en + de, prefix, vocab_size=320, user_defined_symbols=["<2de>"])
+    return Tokenizer(path)
+
+
+def test_special_ids_are_fixed(tokenizer):
+    sp = tokenizer.sp
+    assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
+    assert tokenizer.encode(["a man"])[0][0] not in (PAD_ID, BOS_ID, EOS_ID)
+
+
+def test_round_trip_including_unseen_characters(tokenizer):
+    texts = ["the man sees a dog", "Straße grün", "unseen: Ωmega ü 😀"]
+    ids = tokenizer.encode(texts, threads=2)
+    assert tokenizer.decode(ids) == texts  # byte fallback spells unseen characters
+    assert UNK_ID not in {i for seq in ids for i in seq}
+
+
+def test_user_defined_symbol_is_one_piece(tokenizer):
+    ids = tokenizer.encode(["<2de> the man"])[0]
+    assert tokenizer.sp.id_to_piece(ids[0]).endswith("<2de>") or "<2de>" in [
+        tokenizer.sp.id_to_piece(i) for i in ids
+    ]
+
+
+def test_bpe_model_trains_and_round_trips(tmp_path):
+    en, _ = make_pairs(200, seed=1)
+    tok = Tokenizer(train_sentencepiece(en, tmp_path / "bpe", vocab_size=300, model_type="bpe"))
+    assert tok.decode(tok.encode(en[:5])) == en[:5]

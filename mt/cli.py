@@ -18,16 +18,20 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mt.config import ConfigError, register_configs
-from mt.errors import MTError
+from mt.errors import MTError, Stopped
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-# stage -> (module, function, one-line help); a module of None means "not built yet".
-STAGES: dict[str, tuple[str | None, str, str]] = {
+# stage -> (module, function, one-line help)
+STAGES: dict[str, tuple[str, str, str]] = {
     "prepare": ("mt.prepare", "run_prepare", "clean parallel text, train SentencePiece, binarize"),
-    "train": (None, "run_train", "train a Transformer on a prepared data directory"),
-    "translate": (None, "run_translate", "translate text files or stdin with beam search"),
-    "eval": (None, "run_eval", "score translations with sacreBLEU (BLEU, chrF, TER)"),
+    "train": ("mt.train", "run_train", "train a Transformer on a prepared data directory"),
+    "translate": (
+        "mt.translate",
+        "run_translate",
+        "translate text files or stdin with beam search",
+    ),
+    "eval": ("mt.evaluate", "run_eval", "score translations with sacreBLEU (BLEU, chrF, TER)"),
 }
 
 EXIT_USAGE = 2
@@ -52,6 +56,8 @@ def _config_sentence(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__ or exc
     full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
     detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if full_key and "missing mandatory value" in detail.lower():
+        return f"config key '{full_key}' must be set ({full_key}=...)."
     if full_key and " not in " in detail:
         return f"unknown config key '{full_key}' (`--cfg job` lists the valid keys)."
     if full_key:
@@ -69,6 +75,26 @@ def _config_sentence(exc: BaseException) -> str:
     return detail
 
 
+def _merge_repeated(overrides: list[str]) -> list[str]:
+    """`ref=a ref=b` -> `ref=['a','b']`: a key given twice collects its values into a list."""
+    keys = [arg.split("=", 1)[0] for arg in overrides if "=" in arg and not arg.startswith("-")]
+    repeated = {key for key in keys if keys.count(key) > 1}
+    if not repeated:
+        return overrides
+    merged: dict[str, list[str]] = {key: [] for key in repeated}
+    out: list[str] = []
+    for arg in overrides:
+        key, _, value = arg.partition("=")
+        if key in repeated:
+            if not merged[key]:
+                out.append(key)  # placeholder keeps the first position
+            merged[key].append(value)
+        else:
+            out.append(arg)
+    quote = lambda v: "'" + v.replace("'", "\\'") + "'"  # noqa: E731
+    return [f"{a}=[{','.join(map(quote, merged[a]))}]" if a in merged else a for a in out]
+
+
 def _compose(stage: str, overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
 
@@ -82,6 +108,9 @@ def _run_stage(stage: str, run: Callable[[Any], Any], cfg: Any) -> None:
         run(cfg)
     except (MTError, ConfigError) as exc:
         _fail(stage, str(exc))
+    except Stopped as exc:
+        print(f"mt {stage}: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print(f"mt {stage}: interrupted.", file=sys.stderr)
         sys.exit(130)
@@ -109,11 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         _fail(stage, f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}.")
     module, func, _ = STAGES[stage]
-    if module is None:
-        _fail(stage, f"the '{stage}' stage is not implemented yet in this version of mt.")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     register_configs()
     run = getattr(importlib.import_module(module), func)
+    rest = _merge_repeated(rest)
     if any(arg.startswith("-") for arg in rest):
         _hydra_entry(stage, run, rest)
         return

@@ -8,6 +8,7 @@ that names the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -99,6 +100,190 @@ class PrepareConfig:
     """Seed for SentencePiece sampling."""
 
 
+@dataclass
+class ModelConfig:
+    """Transformer hyperparameters; names match the builder `mt.model.transformer`."""
+
+    d_model: int = 512
+    """Width of embeddings and of every residual stream."""
+    n_heads: int = 8
+    """Attention heads; must divide d_model."""
+    n_layers_enc: int = 6
+    """Encoder layers."""
+    n_layers_dec: int = 6
+    """Decoder layers."""
+    d_ff: int = 2048
+    """Inner width of the feed-forward blocks."""
+    dropout: float = 0.1
+    """Dropout on embeddings and residual branches."""
+    attn_dropout: float = 0.0
+    """Dropout on attention weights."""
+    act_dropout: float = 0.0
+    """Dropout after the feed-forward activation."""
+    activation: str = "relu"
+    """relu | gelu."""
+    norm: str = "pre"
+    """pre (LayerNorm before each block, default) | post (the original paper)."""
+    positions: str = "sinusoidal"
+    """sinusoidal | learned."""
+    max_positions: int = 1024
+    """Longest sequence in tokens (learned positions; longer inputs are truncated)."""
+    share_embeddings: bool = True
+    """Tie source, target and output embeddings (needs a joint vocabulary)."""
+
+
+@dataclass
+class TrainLoopConfig:
+    """The optimization loop: batches, schedule, precision, cadence, stopping."""
+
+    max_tokens: int = 4096
+    """Padded tokens per batch (the longer side of each pair), per device."""
+    update_freq: int = 1
+    """Batches accumulated into one optimizer step."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps; 0 for no limit."""
+    max_epochs: int = 0
+    """Stop after this many epochs; 0 for no limit."""
+    max_minutes: float = 0.0
+    """Stop after this much wall-clock training time; 0 for no limit."""
+    lr: float = 7e-4
+    """Peak learning rate, reached at the end of warmup."""
+    warmup_steps: int = 4000
+    """Linear warmup steps before the inverse-square-root decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay of linear weights."""
+    clip_norm: float = 1.0
+    """Clip the gradient norm to this; 0 disables clipping."""
+    label_smoothing: float = 0.1
+    """Label smoothing epsilon."""
+    precision: str = "auto"
+    """auto | bf16 | fp16 | fp32; auto picks bf16 where the device supports it, else fp32."""
+    device: str = "auto"
+    """auto | cpu | cuda (auto: cuda when available)."""
+    seed: int = 1
+    """Seed for initialization, dropout and batch order."""
+    valid_every: int = 1000
+    """Validate (loss, greedy BLEU) and checkpoint every N steps; 0: only at the end."""
+    valid_bleu: bool = True
+    """Greedy-decode the validation set and report BLEU at each validation."""
+    patience: int = 0
+    """Stop after this many validations without a better BLEU (loss if valid_bleu=false); 0 off."""
+    keep_last: int = 5
+    """Step checkpoints kept besides last.pt and best.pt."""
+    average_last: int = 0
+    """At the end, average the last N step checkpoints into averaged.pt; 0 skips it."""
+    log_every: int = 100
+    """Log training scalars every N steps."""
+    threads: int = 0
+    """CPU threads for PyTorch; 0 keeps its default (all cores)."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    max_bad_steps: int = 5
+    """Stop after this many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainConfig:
+    """`mt train`: a prepared data folder -> a run folder with checkpoints and logs."""
+
+    data_dir: str | None = None
+    """Prepared data folder; null prepares `data` first (cached) into prepare_dir."""
+    run_dir: str = "runs/${data.name}.${data.src}-${data.tgt}"
+    """Run folder: checkpoints/, TensorBoard events, train.log, config.yaml."""
+    data: DataConfig = field(default_factory=DataConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    spm: SpmConfig = field(default_factory=SpmConfig)
+    prepare_dir: str = "data-bin/${data.name}.${data.src}-${data.tgt}"
+    """Where `data` is prepared when data_dir is null."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings of `mt translate` and `mt eval`."""
+
+    beam: int = 5
+    """Beam size; 1 is greedy search (its own fast path)."""
+    nbest: int = 1
+    """Hypotheses written per input line (at most beam); >1 writes `line<TAB>score<TAB>text`."""
+    lenpen: float = 1.0
+    """GNMT length penalty exponent alpha: score = logprob / ((5 + len) / 6) ** alpha."""
+    max_len_a: float = 1.2
+    """Longest output = max_len_a * source tokens + max_len_b."""
+    max_len_b: int = 10
+    """See max_len_a."""
+    max_tokens: int = 4096
+    """Source tokens (padded) per batch."""
+    batch_size: int = 64
+    """Sentences per batch at most."""
+    buffer_lines: int = 2000
+    """Input lines read, sorted by length and translated at a time (memory stays flat)."""
+    sampling: bool = False
+    """Sample instead of searching (back-translation); uses topk, topp, temperature."""
+    topk: int = 0
+    """Sample among the k most likely tokens; 0 for no limit."""
+    topp: float = 1.0
+    """Sample within the smallest set of tokens whose probability reaches topp."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    seed: int = 1
+    """Seed of sampling."""
+
+
+@dataclass
+class TranslateConfig:
+    """`mt translate`: a trained run -> translations of text files or stdin."""
+
+    run_dir: str = "???"
+    """Run folder written by `mt train` (checkpoints and SentencePiece model)."""
+    checkpoint: str | None = None
+    """Checkpoint file; null picks final.pt, else best.pt, else last.pt of run_dir."""
+    input: Any = "-"
+    """Input file, a list of files ([a.txt,b.txt]), or - for stdin."""
+    output: str = "-"
+    """Output file, or - for stdout."""
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    precision: str = "auto"
+    """auto | bf16 | fp16 | fp32 (auto: bf16 on a GPU that supports it, else fp32)."""
+    threads: int = 0
+    """CPU threads for PyTorch; 0 keeps its default."""
+
+
+@dataclass
+class EvalConfig:
+    """`mt eval`: sacreBLEU scores of hypothesis files, or of a run translating a test set."""
+
+    hyp: Any = None
+    """Hypothesis file, or a list of files to compare ([a.txt,b.txt]; the first is the baseline)."""
+    ref: Any = None
+    """Reference file, or a list of reference files."""
+    run_dir: str | None = None
+    """Translate `src` with this run first (then hyp is where translations are saved)."""
+    src: str | None = None
+    """Source file to translate with run_dir."""
+    output: str | None = None
+    """Where to save the translations of src (default: RUN_DIR/<src name>.hyp)."""
+    checkpoint: str | None = None
+    """Checkpoint of run_dir to use (see mt translate)."""
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    report: str | None = None
+    """Also write the scores as JSON to this file."""
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf", "ter"])
+    """Metrics to compute: bleu, chrf, ter."""
+    bootstrap_samples: int = 1000
+    """Paired bootstrap resamples when comparing systems."""
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 0
+
+
 NORMALIZATION_FORMS = ("NFC", "NFKC", "NFD", "NFKD", "none")
 
 
@@ -133,7 +318,54 @@ def validate_prepare(cfg: PrepareConfig) -> None:
         raise ConfigError(f"data.tsv_columns={data.tsv_columns} names a language twice.")
 
 
+def validate_model(model: ModelConfig) -> None:
+    """Raise ConfigError naming the first model key whose value makes no sense."""
+    for key in ("d_model", "n_heads", "n_layers_enc", "n_layers_dec", "d_ff", "max_positions"):
+        _check_positive(f"model.{key}", getattr(model, key))
+    if model.d_model % model.n_heads:
+        raise ConfigError(
+            f"model.d_model={model.d_model} is not divisible by model.n_heads={model.n_heads}."
+        )
+    _check_choice("model.activation", model.activation, ("relu", "gelu"))
+    _check_choice("model.norm", model.norm, ("pre", "post"))
+    _check_choice("model.positions", model.positions, ("sinusoidal", "learned"))
+    for key in ("dropout", "attn_dropout", "act_dropout"):
+        if not 0.0 <= getattr(model, key) < 1.0:
+            raise ConfigError(f"model.{key}={getattr(model, key)} must be in [0, 1).")
+
+
+def validate_train(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the first key of a train config that makes no sense."""
+    validate_model(cfg.model)
+    t = cfg.train
+    _check_choice("train.precision", t.precision, ("auto", "bf16", "fp16", "fp32"))
+    _check_choice("train.device", t.device, ("auto", "cpu", "cuda"))
+    for key in ("max_tokens", "update_freq", "lr"):
+        _check_positive(f"train.{key}", getattr(t, key))
+    if len(t.betas) != 2:
+        raise ConfigError(f"train.betas={t.betas} must hold two numbers.")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
+    if t.max_tokens < 8:
+        raise ConfigError(f"train.max_tokens={t.max_tokens} is too small for any batch.")
+
+
+def validate_decode(decode: DecodeConfig) -> None:
+    """Raise ConfigError naming the first decode key whose value makes no sense."""
+    for key in ("beam", "nbest", "max_tokens", "batch_size", "buffer_lines", "temperature"):
+        _check_positive(f"decode.{key}", getattr(decode, key))
+    if decode.nbest > decode.beam:
+        raise ConfigError(f"decode.nbest={decode.nbest} exceeds decode.beam={decode.beam}.")
+    if not 0.0 < decode.topp <= 1.0:
+        raise ConfigError(f"decode.topp={decode.topp} must be in (0, 1].")
+    if decode.topk < 0:
+        raise ConfigError(f"decode.topk={decode.topk} must be 0 or more.")
+
+
 def register_configs() -> None:
     """Register the stage schemas so `defaults: [<stage>_schema]` in YAML finds them."""
     cs = ConfigStore.instance()
     cs.store(name="prepare_schema", node=PrepareConfig)
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="translate_schema", node=TranslateConfig)
+    cs.store(name="eval_schema", node=EvalConfig)

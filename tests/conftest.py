@@ -63,3 +63,62 @@ def prepare_config(corpus: Path, out: Path, *extra: str) -> object:
         *extra,
     ]
     return compose_config("prepare", overrides)
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory) -> Path:
+    """A prepared data folder of the tiny corpus (joint vocabulary of at most 320 pieces)."""
+    from mt.prepare import run_prepare
+
+    root = tmp_path_factory.mktemp("prepared")
+    corpus = write_corpus(root / "corpus")
+    run_prepare(prepare_config(corpus, root / "data"))
+    return root / "data"
+
+
+def train_config(data_dir: Path, run_dir: Path, *extra: str) -> object:
+    """A train config for the tiny model on CPU, quick to run."""
+    overrides = [
+        f"data_dir={data_dir}",
+        f"run_dir={run_dir}",
+        "model=tiny",
+        "train.device=cpu",
+        "train.precision=fp32",
+        "train.max_tokens=512",
+        "train.warmup_steps=10",
+        "train.lr=3e-3",
+        "train.log_every=5",
+        "train.valid_every=0",
+        "train.threads=1",
+        *extra,
+    ]
+    return compose_config("train", overrides)
+
+
+@pytest.fixture(scope="session")
+def overfit_run(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A tiny model trained to memorize 32 pairs (validation = training pairs).
+
+    Returns (corpus folder, run folder, training results).
+    """
+    import shutil
+
+    from mt.prepare import run_prepare
+    from mt.train import run_train
+
+    root = tmp_path_factory.mktemp("overfit")
+    corpus = write_corpus(root / "c", {"train": 32, "valid": 32, "test": 32})
+    for side in ("en", "de"):
+        shutil.copy(corpus / f"train.{side}", corpus / f"valid.{side}")
+    run_prepare(prepare_config(corpus, root / "data"))
+    cfg = train_config(
+        root / "data",
+        root / "run",
+        "train.max_steps=300",
+        "train.label_smoothing=0",
+        "model.d_model=64",
+        "model.d_ff=128",
+        "train.lr=5e-3",
+        "train.max_tokens=4096",
+    )
+    return corpus, root / "run", run_train(cfg)

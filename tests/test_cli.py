@@ -88,9 +88,3 @@ def test_prepare_bad_inputs_through_the_cli(tmp_path):
         "missing file",
         "valid.de",
     )
-
-
-def test_stage_not_built_yet_says_so():
-    result = mt("eval", "hyp=a", "ref=b")
-    if "not implemented" in result.stderr:
-        assert_clean_error(result, "not implemented yet")

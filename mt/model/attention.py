@@ -1,0 +1,131 @@
+"""Multi-head attention on `F.scaled_dot_product_attention`.
+
+`SelfAttention` projects Q, K, V with one fused linear and can append to a `KVCache`;
+`CrossAttention` projects the memory's K, V with one fused linear, once per source when cached.
+Inputs and outputs are packed tokens [N, D] (see `mt.model.packing`); SDPA runs on the padded grid.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mt.model.cache import KVCache
+from mt.model.packing import Packing
+from mt.model.precision import Linear, attention
+
+
+def _init_fused(linear: Linear, n_chunks: int) -> None:
+    """Xavier-uniform each [D, D] block of a fused projection as if it were its own linear."""
+    for block in linear.weight.data.chunk(n_chunks, dim=0):
+        nn.init.xavier_uniform_(block)
+    nn.init.zeros_(linear.bias)
+
+
+def _linear(d_in: int, d_out: int) -> Linear:
+    linear = Linear(d_in, d_out)
+    nn.init.xavier_uniform_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class _Attention(nn.Module):
+    """Shared output projection and SDPA call.
+
+    Args:
+        d_model: Model dimension D.
+        n_heads: Number of heads H (D must be divisible by H).
+        attn_dropout: Dropout on attention probabilities, applied only in training.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.attn_dropout = attn_dropout
+        self.out = _linear(d_model, d_model)
+
+    def _split(self, x: Tensor, n: int) -> tuple[Tensor, ...]:
+        """[B, L, n*D] -> n tensors [B, H, L, Dh], strided views of x (no copy)."""
+        b, length, _ = x.shape
+        # [B, L, n*D] -> [B, L, n, H, Dh] -> n x [B, L, H, Dh] -> n x [B, H, L, Dh]. Unbinding dim 2
+        # (not a leading permuted dim) lets autograd stack the grads straight into [B, L, n, H, Dh].
+        parts = x.view(b, length, n, self.n_heads, self.head_dim).unbind(2)
+        return tuple(part.transpose(1, 2) for part in parts)
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, packing: Packing
+    ) -> Tensor:
+        """q [B, H, T, Dh], k/v [B, H, S, Dh], bool mask (True = attend) -> packed [N, D]."""
+        p = self.attn_dropout if self.training else 0.0
+        y = attention(q, k, v, mask, p, causal)
+        # [B, H, T, Dh] -> [B, T, H, Dh] -> [B, T, D]; the CPU flash kernel returns a transposed
+        # view of a [B, T, H, Dh] buffer, so this reshape is free.
+        y = y.transpose(1, 2).reshape(packing.batch, packing.length, -1)
+        return self.out(packing.pack(y))
+
+
+class SelfAttention(_Attention):
+    """Self-attention with fused QKV projection and an optional KV cache."""
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__(d_model, n_heads, attn_dropout)
+        self.qkv = Linear(d_model, 3 * d_model)
+        _init_fused(self.qkv, 3)
+
+    def forward(
+        self,
+        x: Tensor,
+        packing: Packing,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """Attend over the sequence itself (plus cached past positions).
+
+        Args:
+            x: Packed input [N, D] laid out by `packing` on a [B, T] grid.
+            packing: Layout of x.
+            mask: Bool, True = attend, broadcastable to [B, H, T, T]; e.g. [B, 1, 1, T] key padding.
+            causal: Mask future positions (teacher forcing; not used with a cache).
+            cache: If given, this call's K/V are appended and attention covers all cached positions.
+
+        Returns:
+            Packed output [N, D].
+        """
+        q, k, v = self._split(packing.unpack(self.qkv(x)), 3)  # [N, 3D] -> 3 x [B, H, T, Dh]
+        if cache is not None:
+            k, v = cache.append(k, v)
+        return self._attend(q, k, v, mask, causal, packing)
+
+
+class CrossAttention(_Attention):
+    """Attention from decoder positions to the encoder memory with fused KV projection."""
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__(d_model, n_heads, attn_dropout)
+        self.q = _linear(d_model, d_model)
+        self.kv = Linear(d_model, 2 * d_model)
+        _init_fused(self.kv, 2)
+
+    def project_kv(self, memory: Tensor, packing: Packing) -> tuple[Tensor, Tensor]:
+        """Packed memory [N_s, D] on a [B, S] grid -> keys, values [B, H, S, Dh] (zero at pads)."""
+        k, v = self._split(packing.unpack(self.kv(memory)), 2)  # [N_s, 2D] -> 2 x [B, H, S, Dh]
+        return k, v
+
+    def forward(
+        self, x: Tensor, packing: Packing, k: Tensor, v: Tensor, mask: Tensor | None
+    ) -> Tensor:
+        """Attend from decoder positions to the memory.
+
+        Args:
+            x: Packed decoder input [N, D] laid out by `packing` on a [B, T] grid.
+            packing: Layout of x.
+            k: Memory keys [B, H, S, Dh] from `project_kv` (or a cross-attention cache).
+            v: Memory values [B, H, S, Dh].
+            mask: Bool [B, 1, 1, S], True where the memory is a real token; None if all are.
+
+        Returns:
+            Packed output [N, D].
+        """
+        (q,) = self._split(packing.unpack(self.q(x)), 1)  # [N, D] -> [B, H, T, Dh]
+        return self._attend(q, k, v, mask, False, packing)

@@ -1,0 +1,139 @@
+"""Key/value caches for incremental decoding.
+
+`KVCache` holds one attention layer's keys and values: preallocated and appended to for decoder
+self-attention, filled once from the encoder memory for cross-attention. `DecoderState` bundles the
+caches of every decoder layer with the memory mask and the step counter, and reorders them together.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """Keys and values of one attention layer, laid out [N, H, L, Dh] (N rows, L capacity).
+
+    Positions `[0, size)` along L are valid; `keys`/`values` are views of exactly those.
+
+    Args:
+        k: Key buffer [N, H, L, Dh].
+        v: Value buffer [N, H, L, Dh].
+        size: Number of valid positions already in the buffers.
+    """
+
+    def __init__(self, k: Tensor, v: Tensor, size: int = 0) -> None:
+        self.k = k
+        self.v = v
+        self.size = size
+
+    @classmethod
+    def empty(
+        cls,
+        n_rows: int,
+        n_heads: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> KVCache:
+        """A self-attention cache with room for `max_len` positions and none filled."""
+        shape = (n_rows, n_heads, max_len, head_dim)
+        k = torch.empty(shape, dtype=dtype, device=device)
+        return cls(k, torch.empty_like(k), size=0)
+
+    @classmethod
+    def filled(cls, k: Tensor, v: Tensor) -> KVCache:
+        """A cross-attention cache whose every position is valid (k, v [N, H, S, Dh])."""
+        return cls(k, v, size=k.shape[2])
+
+    @property
+    def capacity(self) -> int:
+        """Maximum number of positions the buffers hold (L)."""
+        return self.k.shape[2]
+
+    @property
+    def keys(self) -> Tensor:
+        """Valid keys [N, H, size, Dh] (a view, no copy)."""
+        return self.k[:, :, : self.size]
+
+    @property
+    def values(self) -> Tensor:
+        """Valid values [N, H, size, Dh] (a view, no copy)."""
+        return self.v[:, :, : self.size]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write new positions after the valid ones and return all valid keys and values.
+
+        Args:
+            k: New keys [N, H, T, Dh].
+            v: New values [N, H, T, Dh].
+
+        Returns:
+            Keys and values [N, H, size + T, Dh], views into the buffers.
+
+        Raises:
+            ValueError: If the new positions do not fit in the preallocated capacity.
+        """
+        end = self.size + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KVCache overflow: {end} positions exceed capacity {self.capacity}.")
+        self.k[:, :, self.size : end] = k
+        self.v[:, :, self.size : end] = v
+        self.size = end
+        return self.keys, self.values
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep/reorder rows: row i becomes old row `index[i]` (index LongTensor [N']).
+
+        Only the valid positions are moved; capacity is unchanged.
+        """
+        self.k = self._gather(self.k, index)
+        self.v = self._gather(self.v, index)
+
+    def _gather(self, buf: Tensor, index: Tensor) -> Tensor:
+        """[N, H, L, Dh] -> [N', H, L, Dh]; positions >= size are left undefined."""
+        if self.size == self.capacity:  # full (e.g. cross-attention): nothing to preserve
+            return buf.index_select(0, index)
+        rows = buf[:, :, : self.size].index_select(0, index)  # [N', H, size, Dh]
+        # Beam search reorders every step: reuse the buffer when it has enough rows.
+        if index.shape[0] <= buf.shape[0]:
+            buf = buf[: index.shape[0]]
+        else:
+            buf = buf.new_empty((index.shape[0], *buf.shape[1:]))
+        buf[:, :, : self.size] = rows
+        return buf
+
+    def reset(self) -> None:
+        """Mark every position invalid (buffers are kept for reuse)."""
+        self.size = 0
+
+
+class DecoderState:
+    """Everything the decoder carries between `decode_step` calls.
+
+    Args:
+        self_caches: Per-layer self-attention caches, preallocated for max_len steps.
+        cross_caches: Per-layer cross-attention K/V computed once from the memory.
+        memory_mask: Bool [N, 1, 1, S], True where the memory may be attended (not padding).
+    """
+
+    def __init__(
+        self, self_caches: list[KVCache], cross_caches: list[KVCache], memory_mask: Tensor
+    ) -> None:
+        self.self_caches = self_caches
+        self.cross_caches = cross_caches
+        self.memory_mask = memory_mask
+        self.step = 0  # number of target positions already decoded
+
+    @property
+    def n_rows(self) -> int:
+        """Current number of rows N (sentences x beams still being decoded)."""
+        return self.memory_mask.shape[0]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep/reorder rows of every cache and the memory mask (index LongTensor [N'])."""
+        for cache in (*self.self_caches, *self.cross_caches):
+            cache.reorder(index)
+        self.memory_mask = self.memory_mask.index_select(0, index)

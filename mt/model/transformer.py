@@ -1,0 +1,192 @@
+"""Encoder, Decoder and the Seq2Seq model.
+
+`Seq2Seq` exposes teacher-forced `encode` / `decode` / `project` / `forward` for training and
+`init_state` / `decode_step` (KV-cached, one token per row) for search.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from torch import Tensor, nn
+
+from mt.model.cache import DecoderState, KVCache
+from mt.model.layers import DecoderLayer, Embeddings, EncoderLayer
+from mt.model.packing import Packing
+from mt.model.precision import linear
+
+
+def attend_mask(src_pad_mask: Tensor) -> Tensor:
+    """Padding mask [B, S] (True = pad) -> SDPA mask [B, 1, 1, S] (True = attend).
+
+    Built once per forward and shared by every layer; it broadcasts over heads and queries.
+    """
+    return ~src_pad_mask[:, None, None, :]
+
+
+def _training_mask(src_pad_mask: Tensor, packing: Packing) -> Tensor | None:
+    """SDPA memory mask, or None when the batch has no source padding (mask-free kernel)."""
+    return None if packing.index is None else attend_mask(src_pad_mask)
+
+
+class Encoder(nn.Module):
+    """Embeddings, a stack of encoder layers and (pre-norm only) a final LayerNorm."""
+
+    def __init__(
+        self, embed: Embeddings, layers: list[EncoderLayer], final_norm: nn.Module
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
+
+    def forward(self, src: Tensor, packing: Packing, mask: Tensor | None) -> Tensor:
+        """src [B, S] laid out by packing, mask [B, 1, 1, S] -> packed memory [N_s, D]."""
+        x = self.embed(packing.pack(src), packing.positions())
+        for layer in self.layers:
+            x = layer(x, packing, mask)
+        return self.final_norm(x)
+
+
+class Decoder(nn.Module):
+    """Embeddings, a stack of decoder layers and (pre-norm only) a final LayerNorm."""
+
+    def __init__(
+        self, embed: Embeddings, layers: list[DecoderLayer], final_norm: nn.Module
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
+
+    def forward(
+        self,
+        tgt_in: Tensor,
+        packing: Packing,
+        memory: Tensor,
+        src_packing: Packing,
+        mask: Tensor | None,
+    ) -> Tensor:
+        """Teacher forcing.
+
+        Args:
+            tgt_in: Target input ids [B, T], laid out by `packing`.
+            packing: Real target tokens (pad positions are skipped entirely).
+            memory: Packed encoder output [N_s, D], laid out by `src_packing`.
+            src_packing: Layout of the memory on its [B, S] grid.
+            mask: Memory mask [B, 1, 1, S], True = attend; None without source padding.
+
+        Returns:
+            Packed hidden states [N_t, D].
+        """
+        x = self.embed(packing.pack(tgt_in), packing.positions())
+        for layer in cast(list[DecoderLayer], self.layers):
+            memory_kv = layer.cross_attn.project_kv(memory, src_packing)
+            x = layer(x, packing, memory_kv, mask)
+        return self.final_norm(x)
+
+    def step(self, tokens: Tensor, state: DecoderState) -> Tensor:
+        """tokens [N] at position `state.step` -> hidden [N, D]; appends to the caches."""
+        packing = Packing.dense(tokens.shape[0], 1, tokens.device)  # one token per row
+        x = self.embed(tokens, tokens.new_full(tokens.shape, state.step))
+        layers = zip(self.layers, state.self_caches, state.cross_caches, strict=True)
+        for layer, self_cache, cross in layers:
+            x = layer(x, packing, (cross.keys, cross.values), state.memory_mask, self_cache)
+        return self.final_norm(x)
+
+
+class Seq2Seq(nn.Module):
+    """Encoder-decoder Transformer whose output projection is tied to the target embedding.
+
+    Build it with `mt.model.builders.transformer` rather than by hand.
+
+    Args:
+        encoder: Source-side stack.
+        decoder: Target-side stack; `decoder.embed.tokens.weight` [V, D] is the output projection.
+        pad_id: Padding token id.
+    """
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, pad_id: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.pad_id = pad_id
+
+    def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
+        """src [B, S], src_pad_mask [B, S] (True = pad) -> memory [B, S, D] (zero at pads)."""
+        packing = Packing.from_pad_mask(src_pad_mask)
+        return packing.unpack(self.encoder(src, packing, _training_mask(src_pad_mask, packing)))
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_pad_mask: Tensor) -> Tensor:
+        """Causal teacher forcing.
+
+        Args:
+            tgt_in: Target input ids [B, T], right-padded (pad positions only see earlier ones and
+                are expected to be ignored by the loss).
+            memory: Encoder output [B, S, D].
+            src_pad_mask: Bool [B, S], True at source padding.
+
+        Returns:
+            Hidden states [B, T, D] after the final norm (zero at target pads).
+        """
+        src_packing = Packing.from_pad_mask(src_pad_mask)
+        packing = Packing.from_pad_mask(tgt_in == self.pad_id)
+        memory = src_packing.pack(memory)  # [B, S, D] -> [N_s, D]
+        mask = _training_mask(src_pad_mask, src_packing)
+        hidden = self.decoder(tgt_in, packing, memory, src_packing, mask)
+        return packing.unpack(hidden)
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """Hidden [..., D] -> logits [..., V] with the tied target embedding (no bias)."""
+        return linear(hidden, self.decoder.embed.tokens.weight)
+
+    def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits; pad positions of tgt_in are skipped and get all-zero logits.
+
+        Args:
+            src: Source ids [B, S].
+            src_pad_mask: Bool [B, S], True at source padding.
+            tgt_in: Target input ids [B, T], right-padded with pad_id.
+
+        Returns:
+            Logits [B, T, V].
+        """
+        src_packing = Packing.from_pad_mask(src_pad_mask)
+        packing = Packing.from_pad_mask(tgt_in == self.pad_id)
+        mask = _training_mask(src_pad_mask, src_packing)
+        memory = self.encoder(src, src_packing, mask)  # [N_s, D]
+        hidden = self.decoder(tgt_in, packing, memory, src_packing, mask)  # [N_t, D]
+        # Unpack before projecting: zero hidden rows give zero logits, and a GEMM over the few pad
+        # rows is cheaper than scattering/gathering [N_t, V] logits and their gradient.
+        return self.project(packing.unpack(hidden))  # [N_t, D] -> [B, T, D] -> [B, T, V]
+
+    def init_state(self, memory: Tensor, src_pad_mask: Tensor, max_len: int) -> DecoderState:
+        """Start incremental decoding for N rows.
+
+        Args:
+            memory: Encoder output [N, S, D].
+            src_pad_mask: Bool [N, S], True at source padding.
+            max_len: Number of decode steps the self-attention caches must hold.
+
+        Returns:
+            State with cross-attention K/V computed once per layer and empty self-attention caches.
+        """
+        n_rows, src_len, _ = memory.shape
+        packing = Packing.dense(n_rows, src_len, memory.device)  # pad rows stay: they are masked
+        flat = memory.reshape(n_rows * src_len, -1)  # [N, S, D] -> [N * S, D]
+        cross, selfs = [], []
+        for layer in cast(list[DecoderLayer], self.decoder.layers):
+            k, v = layer.cross_attn.project_kv(flat, packing)  # 2 x [N, H, S, Dh]
+            cross.append(KVCache.filled(k, v))
+            _, h, _, dh = k.shape
+            selfs.append(KVCache.empty(n_rows, h, max_len, dh, dtype=k.dtype, device=k.device))
+        return DecoderState(selfs, cross, attend_mask(src_pad_mask))
+
+    def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
+        """Last token of each row, tokens [N] -> logits [N, V] for the next position.
+
+        Advances `state.step` by one.
+        """
+        hidden = self.decoder.step(tokens, state)  # [N] -> [N, D]
+        state.step += 1
+        return self.project(hidden)

@@ -1,0 +1,60 @@
+"""AdamW with parameter groups (no weight decay on norms, biases, embeddings) and the
+linear-warmup + inverse-square-root learning-rate schedule of Vaswani et al. 2017."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: matrices of linear layers decay, everything else (1-d tensors, embeddings)
+    does not."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            is_matrix = isinstance(module, nn.Linear) and param.dim() == 2
+            (decay if is_matrix else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    device: torch.device,
+) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CUDA and CPU in recent PyTorch), else the foreach one."""
+    groups = param_groups(model, weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+def inverse_sqrt(warmup_steps: int):
+    """lr multiplier: linear warmup to 1 over `warmup_steps`, then sqrt(warmup / step)."""
+
+    def factor(step: int) -> float:
+        step = max(step, 1)
+        if step < warmup_steps:
+            return step / warmup_steps
+        return math.sqrt(warmup_steps / step) if warmup_steps > 0 else 1.0
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
+    return LambdaLR(optimizer, inverse_sqrt(warmup_steps))

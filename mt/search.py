@@ -1,0 +1,411 @@
+"""Greedy, beam and sampling search over the incremental ``encode``/``decode_step`` interface.
+
+Pure tensor code, no I/O: a model goes in, ranked :class:`Hypothesis` lists come out. Rows of
+finished sentences leave the decoder state (``state.reorder``), so later steps run on fewer rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+_NEG_INF = float("-inf")
+
+
+class IncrementalState(Protocol):
+    """Per-row decoder cache, e.g. ``mt.model.DecoderState``."""
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep/reorder rows: row i becomes old row ``index[i]`` (LongTensor [N'], N' <= N)."""
+
+
+class IncrementalDecoder(Protocol):
+    """What search needs from a model: ``mt.model.Seq2Seq`` or a scripted test fake."""
+
+    def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
+        """src [B, S] -> memory [B, ...] (batch first)."""
+
+    def init_state(self, memory: Tensor, src_pad_mask: Tensor, max_len: int) -> IncrementalState:
+        """Decoder state for N rows of memory, holding up to ``max_len`` decode steps."""
+
+    def decode_step(self, tokens: Tensor, state: Any) -> Tensor:
+        """Last token of each row, tokens [N] -> next-token logits [N, V]; advances state."""
+
+
+@dataclass
+class Hypothesis:
+    """One finished translation of one source sentence."""
+
+    tokens: list[int]  # output ids without bos/eos
+    score: float  # logprob / length_penalty(len(tokens) + 1, lenpen): what n-best lists sort by
+    logprob: float  # raw sum of the token log-probs, eos included
+
+
+def length_penalty(length: int, lenpen: float) -> float:
+    """GNMT length penalty ((5 + length) / 6) ** lenpen (Wu et al. 2016); length counts eos."""
+    return float(((5 + length) / 6) ** lenpen)
+
+
+def _max_output_lens(src_pad_mask: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+    """Per-sentence cap on output tokens before eos, int(a * src_len + b), as LongTensor [B]."""
+    src_len = (~src_pad_mask).sum(dim=1).cpu().double()  # float64: truncates like Python's int()
+    caps = (max_len_a * src_len + max_len_b).long().clamp_(min=0)
+    return caps.to(src_pad_mask.device)
+
+
+class _Stepper:
+    """One search's decoder state, plus a float32 buffer for the step log-probs.
+
+    The buffer is reused because rows only ever shrink: a fresh [N, V] tensor per step costs
+    as much as the log-softmax itself on CPU (large allocations are fresh pages every time).
+    """
+
+    def __init__(
+        self,
+        model: IncrementalDecoder,
+        src: Tensor,
+        src_pad_mask: Tensor,
+        n_steps: int,
+        beam: int,
+        eos_id: int,
+    ) -> None:
+        memory = model.encode(src, src_pad_mask)
+        if beam > 1:
+            # rows b*K .. b*K+K-1 belong to sentence b: [B, ...] -> [B*K, ...]
+            memory = memory.repeat_interleave(beam, dim=0)
+            src_pad_mask = src_pad_mask.repeat_interleave(beam, dim=0)
+        self.model, self.eos_id = model, eos_id
+        self.state = model.init_state(memory, src_pad_mask, n_steps)
+        self._buf: Tensor | None = None
+
+    def __call__(self, tokens: Tensor, at_max: Tensor | None) -> Tensor:
+        """Run one decoder step on tokens [N] and return float32 log-probs [N, V].
+
+        Rows flagged in ``at_max`` (bool [N]) may only emit eos. Like fairseq, eos keeps its own
+        log-prob there, so a forced ending is still scored by the model. The result is
+        overwritten by the next call.
+        """
+        logits = self.model.decode_step(tokens, self.state)  # [N, V]
+        if self._buf is None:
+            self._buf = logits.new_empty(logits.shape, dtype=torch.float32)
+        out = self._buf[: logits.size(0)]  # [N, V], contiguous
+        lprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=out)
+        if at_max is not None:
+            eos_lprobs = lprobs[:, self.eos_id].clone()  # [N]
+            lprobs.masked_fill_(at_max.unsqueeze(1), _NEG_INF)
+            lprobs[:, self.eos_id] = eos_lprobs
+        return lprobs
+
+
+# --- one path per sentence: greedy and sampling ------------------------------------------------
+
+
+def _pick_argmax(lprobs: Tensor) -> tuple[Tensor, Tensor]:
+    """Most probable token of each row: tokens [N] and their log-probs [N]."""
+    best, tokens = lprobs.max(dim=-1)
+    return tokens, best
+
+
+def _restrict(logits: Tensor, topk: int, topp: float) -> Tensor:
+    """Set logits [N, V] outside the top-k tokens or the top-p nucleus to -inf."""
+    if 0 < topk < logits.size(-1):
+        kth = logits.topk(topk, dim=-1).values[:, -1:]  # [N, 1]
+        logits = logits.masked_fill(logits < kth, _NEG_INF)
+    if topp < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [N, V] each
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token once the more probable ones already cover topp (the best always stays)
+        drop = probs.cumsum(dim=-1) - probs >= topp  # [N, V] in sorted order
+        logits = logits.masked_fill(drop.scatter(1, order, drop), _NEG_INF)
+    return logits
+
+
+def _pick_sample(
+    lprobs: Tensor, *, topk: int, topp: float, temperature: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Draw one token per row from the tempered, restricted distribution.
+
+    Returns tokens [N] and their log-probs [N] under the model itself (no temperature or
+    restriction), so hypotheses from all search functions are scored alike.
+    """
+    logits = _restrict(lprobs if temperature == 1.0 else lprobs / temperature, topk, topp)
+    tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)  # [N, 1]
+    return tokens.squeeze(1), lprobs.gather(1, tokens).squeeze(1)
+
+
+def _decode_paths(
+    model: IncrementalDecoder,
+    src: Tensor,
+    src_pad_mask: Tensor,
+    max_lens: Tensor,
+    pick: Callable[[Tensor], tuple[Tensor, Tensor]],
+    bos_id: int,
+    eos_id: int,
+) -> list[Hypothesis]:
+    """Extend one path per sentence until eos; finished rows leave the state.
+
+    ``pick`` maps log-probs [N, V] to the chosen tokens [N] and their log-probs [N].
+    """
+    b, device = src.size(0), src.device
+    if b == 0:
+        return []
+    n_steps = int(max_lens.max()) + 1  # the last step can only emit eos
+    stepper = _Stepper(model, src, src_pad_mask, n_steps, 1, eos_id)
+    out = torch.full((b, n_steps), eos_id, dtype=torch.long, device=device)  # [B, T]
+    lengths = torch.zeros(b, dtype=torch.long, device=device)  # [B], eos included
+    logprobs = torch.zeros(b, device=device)  # [B]
+    rows = torch.arange(b, device=device)  # [N] sentence of each live row
+    tokens = torch.full((b,), bos_id, dtype=torch.long, device=device)  # [N]
+    first_cap = int(max_lens.min())
+    for step in range(n_steps):
+        at_max = max_lens[rows] <= step if step >= first_cap else None
+        tokens, token_lprobs = pick(stepper(tokens, at_max))
+        out[rows, step] = tokens
+        logprobs.index_add_(0, rows, token_lprobs)
+        done = tokens == eos_id  # [N]
+        if done.any():
+            lengths[rows[done]] = step + 1
+            keep = (~done).nonzero().squeeze(1)  # [N']
+            if keep.numel() == 0:
+                break
+            stepper.state.reorder(keep)
+            rows, tokens = rows[keep], tokens[keep]
+    return [
+        Hypothesis(seq[: n - 1], lp / length_penalty(n, 1.0), lp)
+        for seq, n, lp in zip(out.tolist(), lengths.tolist(), logprobs.tolist(), strict=True)
+    ]
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: IncrementalDecoder,
+    src: Tensor,
+    src_pad_mask: Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+) -> list[Hypothesis]:
+    """Translate by taking the most probable token at every step.
+
+    Args:
+        model: Anything with ``encode``, ``init_state`` and ``decode_step`` (in eval mode).
+        src: Source ids [B, S].
+        src_pad_mask: Bool [B, S], True at padding.
+        bos_id: First input token of every output.
+        eos_id: Token that ends an output.
+        max_len_a: With ``max_len_b``, a sentence emits at most int(a * src_len + b) tokens
+            before eos (then eos is forced); src_len counts non-pad tokens.
+        max_len_b: See ``max_len_a``.
+
+    Returns:
+        One hypothesis per sentence, in input order. Scores use lenpen 1.0, the
+        ``beam_search`` default, so ``beam_search(beam=1)`` gives the same hypotheses.
+    """
+    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b)
+    return _decode_paths(model, src, src_pad_mask, max_lens, _pick_argmax, bos_id, eos_id)
+
+
+@torch.inference_mode()
+def sample(
+    model: IncrementalDecoder,
+    src: Tensor,
+    src_pad_mask: Tensor,
+    *,
+    topk: int = 0,
+    topp: float = 1.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    bos_id: int,
+    eos_id: int,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+) -> list[Hypothesis]:
+    """Translate by drawing every token from the model's (restricted) distribution.
+
+    Args:
+        model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b: As in ``greedy_search``.
+        topk: Draw only among the k most probable tokens; 0 keeps all.
+        topp: Draw only from the smallest set of tokens whose probability reaches topp (nucleus).
+        temperature: Divides the log-probs before restricting and drawing; below 1 is sharper.
+        generator: Random source, for reproducible draws.
+
+    Returns:
+        One hypothesis per sentence, in input order, scored by the untempered model log-probs
+        with lenpen 1.0 (as ``greedy_search``).
+
+    Raises:
+        ValueError: If topk < 0, topp is outside (0, 1] or temperature <= 0.
+    """
+    if topk < 0 or not 0.0 < topp <= 1.0 or temperature <= 0.0:
+        msg = f"got topk={topk}, topp={topp}, temperature={temperature}"
+        raise ValueError(f"sample needs topk >= 0, 0 < topp <= 1 and temperature > 0, {msg}.")
+    pick = functools.partial(
+        _pick_sample, topk=topk, topp=topp, temperature=temperature, generator=generator
+    )
+    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b)
+    return _decode_paths(model, src, src_pad_mask, max_lens, pick, bos_id, eos_id)
+
+
+# --- beam search ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Beams:
+    """Live rows of the B' unfinished sentences; N = B' * K rows, sentence-major."""
+
+    beam: int  # K
+    sent: Tensor  # [B'] input position of each live sentence
+    max_lens: Tensor  # [B'] cap on output tokens before eos
+    n_done: Tensor  # [B'] finished hypotheses so far
+    seqs: Tensor  # [N, t] tokens emitted so far (no bos)
+    scores: Tensor  # [N] cumulative log-probs
+
+
+@dataclass
+class _Candidates:
+    """Best 2K one-token extensions of each live sentence, best first; all [B', 2K]."""
+
+    scores: Tensor  # cumulative log-probs
+    beams: Tensor  # which of the sentence's K rows is extended
+    tokens: Tensor  # the appended token
+    is_eos: Tensor  # tokens == eos
+
+
+def _init_beams(max_lens: Tensor, beam: int) -> _Beams:
+    """K identical rows per sentence; only row 0 may be extended at step 0."""
+    b, device = max_lens.size(0), max_lens.device
+    scores = torch.zeros(b, beam, device=device)  # [B, K]
+    scores[:, 1:] = _NEG_INF  # otherwise step 0 would pick the same token K times
+    return _Beams(
+        beam=beam,
+        sent=torch.arange(b, device=device),
+        max_lens=max_lens,
+        n_done=torch.zeros(b, dtype=torch.long, device=device),
+        seqs=torch.empty(b * beam, 0, dtype=torch.long, device=device),
+        scores=scores.view(-1),  # [B*K]
+    )
+
+
+def _top_candidates(beams: _Beams, lprobs: Tensor, eos_id: int) -> _Candidates:
+    """Rank all extensions of each sentence's rows, like fairseq ``BeamSearch.step``.
+
+    Args:
+        beams: Live rows, N = B' * K.
+        lprobs: Next-token log-probs [N, V]; overwritten with the cumulative scores.
+    """
+    vocab = lprobs.size(1)
+    cumulative = lprobs.add_(beams.scores.unsqueeze(1))  # [N, V]
+    flat = cumulative.view(-1, beams.beam * vocab)  # [B', K*V]
+    # 2K: each row has one eos, so at least K of them are not eos and can continue
+    scores, index = flat.topk(min(2 * beams.beam, flat.size(1)), dim=1)  # [B', 2K]
+    tokens = index % vocab
+    return _Candidates(scores, index // vocab, tokens, tokens == eos_id)
+
+
+def _finalize(
+    beams: _Beams, cands: _Candidates, lenpen: float, finished: list[list[Hypothesis]]
+) -> None:
+    """Record eos candidates ranked in the top K as finished hypotheses.
+
+    An eos ranked below K is dropped, as in fairseq: K better candidates exist. Appends to
+    ``finished`` (indexed by input position) and counts into ``beams.n_done``.
+    """
+    k = beams.beam
+    final = cands.is_eos[:, :k] & cands.scores[:, :k].isfinite()  # [B', K]
+    beams.n_done += final.sum(dim=1)
+    if not final.any():
+        return
+    sent_idx, cand_idx = final.nonzero(as_tuple=True)  # [F] each
+    rows = sent_idx * k + cands.beams[sent_idx, cand_idx]  # [F]
+    penalty = length_penalty(beams.seqs.size(1) + 1, lenpen)  # same length for all: t + eos
+    sents, seqs = beams.sent[sent_idx].tolist(), beams.seqs[rows].tolist()
+    for s, seq, lp in zip(sents, seqs, cands.scores[sent_idx, cand_idx].tolist(), strict=True):
+        finished[s].append(Hypothesis(seq, lp / penalty, lp))
+
+
+def _advance(beams: _Beams, cands: _Candidates, step: int) -> tuple[_Beams, Tensor]:
+    """Continue every unfinished sentence with its best K candidates that do not end in eos.
+
+    A sentence leaves once it has K finished hypotheses or reached its max length.
+
+    Returns:
+        The new beams, and rows [N'] of the current state to keep (repeats allowed) in the new
+        order, for ``state.reorder``; empty when every sentence is done.
+    """
+    k, two_k = beams.beam, cands.scores.size(1)
+    # eos candidates rank after all others, the rest keep their order (fairseq's trick)
+    rank = cands.is_eos.long() * two_k + torch.arange(two_k, device=cands.scores.device)
+    live = ((beams.n_done < k) & (beams.max_lens > step)).nonzero().squeeze(1)  # [B'']
+    pick = rank[live].topk(k, dim=1, largest=False).indices  # [B'', K]
+    rows = (live.unsqueeze(1) * k + cands.beams[live].gather(1, pick)).view(-1)  # [N'=B''*K]
+    tokens = cands.tokens[live].gather(1, pick).view(-1)  # [N']
+    new = _Beams(
+        beam=k,
+        sent=beams.sent[live],
+        max_lens=beams.max_lens[live],
+        n_done=beams.n_done[live],
+        seqs=torch.cat([beams.seqs[rows], tokens.unsqueeze(1)], dim=1),  # [N', t+1]
+        scores=cands.scores[live].gather(1, pick).view(-1),  # [N']
+    )
+    return new, rows
+
+
+@torch.inference_mode()
+def beam_search(
+    model: IncrementalDecoder,
+    src: Tensor,
+    src_pad_mask: Tensor,
+    *,
+    beam: int,
+    nbest: int = 1,
+    lenpen: float = 1.0,
+    bos_id: int,
+    eos_id: int,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+) -> list[list[Hypothesis]]:
+    """Translate a batch with beam search; the decoder runs on B' * K rows per step.
+
+    A sentence is done once it has ``beam`` finished hypotheses (fairseq's early stop) or at its
+    max length, where eos is forced; its rows then leave the state.
+
+    Args:
+        model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b: As in ``greedy_search``.
+        beam: Number of live hypotheses per sentence, K.
+        nbest: How many finished hypotheses to return per sentence, at most ``beam``.
+        lenpen: Exponent of the GNMT length penalty; 0 ranks by raw log-prob, larger favours
+            longer outputs.
+
+    Returns:
+        Per sentence (input order), up to ``nbest`` hypotheses sorted by score, best first.
+
+    Raises:
+        ValueError: If not 1 <= nbest <= beam.
+    """
+    if not 1 <= nbest <= beam:
+        raise ValueError(f"beam search needs 1 <= nbest <= beam, got nbest={nbest}, beam={beam}.")
+    if src.size(0) == 0:
+        return []
+    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b)
+    n_steps, first_cap = int(max_lens.max()) + 1, int(max_lens.min())
+    stepper = _Stepper(model, src, src_pad_mask, n_steps, beam, eos_id)
+    beams = _init_beams(max_lens, beam)
+    tokens = torch.full_like(beams.scores, bos_id, dtype=torch.long)  # [N]
+    finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    for step in range(n_steps):
+        at_max = beams.max_lens.repeat_interleave(beam) <= step if step >= first_cap else None
+        cands = _top_candidates(beams, stepper(tokens, at_max), eos_id)
+        _finalize(beams, cands, lenpen, finished)
+        beams, rows = _advance(beams, cands, step)
+        if rows.numel() == 0:
+            break
+        stepper.state.reorder(rows)
+        tokens = beams.seqs[:, -1]
+    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]

@@ -1,0 +1,252 @@
+"""run_translate: checkpoint -> batched search -> detokenized text, streamed file to file.
+
+Input is read a buffer of lines at a time, sorted by length into batches, translated, and
+written back in input order before the next buffer is read, so output starts early and memory
+stays flat on any input size. An empty input line gives an empty output line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from mt.checkpoint import load_checkpoint
+from mt.clean import normalize
+from mt.config import DecodeConfig, TranslateConfig, validate_decode
+from mt.errors import MTError
+from mt.runtime import autocast, pick_device, pick_precision
+from mt.search import Hypothesis, beam_search, greedy_search, sample
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+log = logging.getLogger("mt.translate")
+
+
+@dataclass
+class LoadedRun:
+    """A model ready for inference with its tokenizers and cleaning settings."""
+
+    model: torch.nn.Module
+    src_tok: Tokenizer
+    tgt_tok: Tokenizer
+    normalize_form: str
+    max_len: int
+    checkpoint: Path
+
+
+def pick_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    """The given checkpoint, else final.pt (chosen on validation by mt train), best.pt, last.pt."""
+    if checkpoint:
+        return Path(checkpoint)
+    for name in ("final.pt", "best.pt", "last.pt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise MTError(f"run_dir {run_dir} has no checkpoints (expected checkpoints/last.pt).")
+
+
+def load_run(run_dir: Path, checkpoint: str | None, device: torch.device) -> LoadedRun:
+    """Rebuild the model from a checkpoint and check its vocabulary against the run's."""
+    from mt.model import transformer
+
+    path = pick_checkpoint(run_dir, checkpoint)
+    ckpt = load_checkpoint(path)
+    vocab = ckpt["vocab"]
+    tokenizers = {}
+    for side in ("src", "tgt"):
+        spm_path = run_dir / vocab["models"][side]
+        if not spm_path.is_file():
+            raise MTError(f"{spm_path} is missing: the run folder needs its SentencePiece model.")
+        tok = Tokenizer(spm_path)
+        if tok.sha256() != vocab["sha256"][side]:
+            raise MTError(f"{path} was trained with another vocabulary than {spm_path}.")
+        tokenizers[side] = tok
+    model = transformer(**ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    config = ckpt.get("config", {})
+    return LoadedRun(
+        model.to(device).eval(),
+        tokenizers["src"],
+        tokenizers["tgt"],
+        config.get("clean", {}).get("normalize", "NFC"),
+        ckpt["model_args"]["max_positions"],
+        path,
+    )
+
+
+def batch_order(lengths: np.ndarray, max_tokens: int, batch_size: int) -> list[np.ndarray]:
+    """Indices sorted by length, cut into batches of <= batch_size and <= max_tokens padded."""
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):
+        too_many = end - start > batch_size or lengths[order[end - 1]] * (end - start) > max_tokens
+        if too_many and end - 1 > start:
+            batches.append(order[start : end - 1])
+            start = end - 1
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
+
+
+class Translator:
+    """Translates lists of sentences with one loaded run and decode settings."""
+
+    def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
+        self.run, self.decode, self.device, self.precision = run, decode, device, precision
+        self.generator = torch.Generator(device=device).manual_seed(decode.seed)
+
+    def _encode(self, lines: list[str], where: str, first_line: int) -> list[list[int]]:
+        ids = self.run.src_tok.encode(normalize(lines, self.run.normalize_form))
+        limit = self.run.max_len - 1  # room for eos
+        for i, seq in enumerate(ids):
+            if len(seq) > limit:
+                log.warning(
+                    "%s:%d: %d tokens, truncated to the model's limit of %d",
+                    where,
+                    first_line + i,
+                    len(seq),
+                    limit,
+                )
+                ids[i] = seq[:limit]
+        return ids
+
+    def _search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
+        d, mask = self.decode, src == PAD_ID
+        common = dict(bos_id=BOS_ID, eos_id=EOS_ID, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
+        if d.sampling:
+            found = sample(
+                self.run.model,
+                src,
+                mask,
+                topk=d.topk,
+                topp=d.topp,
+                temperature=d.temperature,
+                generator=self.generator,
+                **common,
+            )
+            return [[h] for h in found]
+        if d.beam == 1:
+            return [[h] for h in greedy_search(self.run.model, src, mask, **common)]
+        return beam_search(
+            self.run.model, src, mask, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen, **common
+        )
+
+    def translate(self, lines: list[str], where: str = "<input>", first_line: int = 1):
+        """n-best (text, score) lists for each line, in input order; empty lines give []."""
+        ids = self._encode(lines, where, first_line)
+        results: list[list[tuple[str, float]]] = [[] for _ in lines]
+        todo = np.array([i for i, seq in enumerate(ids) if seq], dtype=np.int64)
+        lengths = np.array([len(ids[i]) + 1 for i in todo], dtype=np.int64)
+        for batch in batch_order(lengths, self.decode.max_tokens, self.decode.batch_size):
+            rows = todo[batch]
+            src = torch.full((len(rows), int(lengths[batch].max())), PAD_ID, dtype=torch.long)
+            for r, i in enumerate(rows):
+                src[r, : len(ids[i]) + 1] = torch.tensor([*ids[i], EOS_ID])
+            with torch.inference_mode(), autocast(self.precision, self.device):
+                found = self._search(src.to(self.device))
+            for i, hyps in zip(rows, found, strict=True):
+                texts = self.run.tgt_tok.decode([h.tokens for h in hyps])
+                results[i] = [(t, h.score) for t, h in zip(texts, hyps, strict=True)]
+        return results
+
+
+def read_buffers(paths: list[str], size: int) -> Iterator[tuple[str, int, list[str]]]:
+    """(file name, first line number, lines) buffers of at most `size` lines, strictly UTF-8."""
+    for path in paths:
+        name = "<stdin>" if path == "-" else path
+        with _open_input(path) as f:
+            buffer, first = [], 1
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise MTError(
+                        f"{name}:{number}: byte 0x{raw[exc.start]:02x} is not valid UTF-8."
+                    ) from None
+                buffer.append(line.rstrip("\n").rstrip("\r"))
+                if len(buffer) == size:
+                    yield name, first, buffer
+                    buffer, first = [], number + 1
+            if buffer:
+                yield name, first, buffer
+
+
+@contextmanager
+def _open_input(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise MTError(f"cannot read input {path}: {exc.strerror}.") from None
+    with f:
+        yield f
+
+
+@contextmanager
+def _open_output(path: str) -> Iterator[IO[str]]:
+    if path == "-":
+        yield sys.stdout
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yield f
+
+
+def _format(results: list[list[tuple[str, float]]], nbest: int, first_line: int) -> str:
+    if nbest == 1:
+        return "".join(f"{hyps[0][0] if hyps else ''}\n" for hyps in results)
+    lines = []
+    for offset, hyps in enumerate(results):
+        lines += [f"{first_line + offset}\t{score:.4f}\t{text}\n" for text, score in hyps]
+    return "".join(lines)
+
+
+def as_list(value: Any) -> list[str]:
+    """A path or a list of paths from a config value."""
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+def setup_inference(
+    device_name: str, precision_name: str, threads: int
+) -> tuple[torch.device, str]:
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        device = pick_device(device_name)
+        precision = "fp32" if device.type == "cpu" and precision_name == "auto" else precision_name
+        return device, pick_precision(precision, device)
+    except (RuntimeError, ValueError) as exc:
+        raise MTError(str(exc)) from None
+
+
+def translate_files(translator: Translator, inputs: list[str], output: str) -> int:
+    """Stream `inputs` through the translator into `output`; returns the lines translated."""
+    total = 0
+    with _open_output(output) as out:
+        for name, first, lines in read_buffers(inputs, translator.decode.buffer_lines):
+            results = translator.translate(lines, name, first)
+            out.write(_format(results, translator.decode.nbest, first))
+            out.flush()
+            total += len(lines)
+    return total
+
+
+def run_translate(cfg: TranslateConfig) -> int:
+    """Translate cfg.input into cfg.output; returns the number of input lines."""
+    validate_decode(cfg.decode)
+    device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)
+    run = load_run(Path(cfg.run_dir), cfg.checkpoint, device)
+    translator = Translator(run, cfg.decode, device, precision)
+    total = translate_files(translator, as_list(cfg.input), cfg.output)
+    log.info("translated %d lines with %s", total, run.checkpoint)
+    return total

@@ -1,0 +1,225 @@
+"""Training throughput of mt against a Hugging Face MarianMTModel of the same size, same batches.
+
+    python scripts/bench_train.py [--presets small,base] [--precisions fp32,bf16] [--seconds 25]
+
+Batches come from Multi30k (MT_MULTI30K, default ../shared/data/multi30k, joint 8k
+SentencePiece, at most 4,096 padded tokens per batch); without it, from a synthetic corpus.
+Both systems train on the same batches with label-smoothed cross-entropy, AdamW and gradient
+clipping, in alternating rounds so machine drift hits both alike. Prints target tokens/s, the
+ratio ours / Hugging Face, and the share of the measured matmul peak each achieves; the last
+line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from mt.config import DataConfig, ModelConfig, PrepareConfig, SpmConfig, TrainLoopConfig
+from mt.data import Batch, ParallelData, epoch_batches
+from mt.loss import Seq2SeqLoss
+from mt.model import transformer
+from mt.optim import build_optimizer, build_scheduler
+from mt.prepare import run_prepare
+from mt.runtime import Dist, grad_scaler
+from mt.tokenizer import PAD_ID
+from mt.tracking import Tracker
+from mt.trainer import Trainer
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def model_config(preset: str) -> ModelConfig:
+    """The preset exactly as `model=<preset>` composes it."""
+    merged = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig), OmegaConf.load(CONFIGS / "model" / f"{preset}.yaml")
+    )
+    return OmegaConf.to_object(merged)
+
+
+def load_batches(folder: Path, n: int) -> tuple[list[Batch], int]:
+    """Prepare Multi30k (or a synthetic corpus) and take `n` training batches of <= 4,096 tokens."""
+    corpus = Path(os.environ.get("MT_MULTI30K", "../shared/data/multi30k"))
+    if corpus.is_dir():
+        data = DataConfig(name="multi30k", path=str(corpus), format="text", valid="val", test=None)
+    else:
+        from bench_prepare import synthetic_corpus
+
+        data = DataConfig(name="syn", path=str(synthetic_corpus(folder / "syn", 30_000)), test=None)
+    manifest = run_prepare(
+        PrepareConfig(data=data, spm=SpmConfig(vocab_size=8000), out_dir=str(folder / "data"))
+    )
+    train = ParallelData(folder / "data", "train", 1024)
+    ids = epoch_batches(train, 4096, seed=1, epoch=0)[:n]
+    return [train.collate(b) for b in ids], manifest["spm"]["vocab_size"]
+
+
+def matmul_flops_per_token(cfg: ModelConfig, vocab: int, src_tokens: int, tgt_tokens: int) -> float:
+    """Forward+backward FLOPs of one step per target token (matmuls and attention, 3x forward)."""
+    d, f = cfg.d_model, cfg.d_ff
+    enc = cfg.n_layers_enc * (4 * d * d + 2 * d * f)
+    dec = cfg.n_layers_dec * (8 * d * d + 2 * d * f)
+    forward = 2 * (enc * src_tokens + (dec + d * vocab) * tgt_tokens)
+    return 3 * forward / tgt_tokens
+
+
+def measure_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+class Ours:
+    """mt's real Trainer.train_step."""
+
+    def __init__(self, cfg: ModelConfig, vocab: int, precision: str) -> None:
+        torch.manual_seed(0)
+        model = transformer(**vars(cfg), src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=PAD_ID)
+        loss_fn = Seq2SeqLoss(model, 0.1, PAD_ID)
+        cpu = torch.device("cpu")
+        opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-8, 0.0, cpu)
+        self.trainer = Trainer(
+            model, loss_fn, opt, build_scheduler(opt, 4000), grad_scaler(precision, cpu),
+            None, None, None, Tracker(None), None, TrainLoopConfig(), cpu, precision, Dist(), {},
+        )  # fmt: skip
+
+    def step(self, batch: Batch) -> None:
+        self.trainer.train_step([batch])
+
+
+class HuggingFace:
+    """MarianMTModel of the same size: logits -> label-smoothed CE, torch AdamW, clipping."""
+
+    def __init__(self, cfg: ModelConfig, vocab: int, precision: str) -> None:
+        from transformers import MarianConfig, MarianMTModel
+
+        torch.manual_seed(0)
+        config = MarianConfig(
+            vocab_size=vocab, d_model=cfg.d_model, encoder_layers=cfg.n_layers_enc,
+            decoder_layers=cfg.n_layers_dec, encoder_attention_heads=cfg.n_heads,
+            decoder_attention_heads=cfg.n_heads, encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff,
+            dropout=cfg.dropout, activation_function=cfg.activation, max_position_embeddings=1024,
+            scale_embedding=True, share_encoder_decoder_embeddings=True, pad_token_id=PAD_ID,
+            decoder_start_token_id=2, eos_token_id=3,
+        )  # fmt: skip
+        self.model = MarianMTModel(config).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=5e-4, betas=(0.9, 0.98))
+        self.precision = precision
+
+    def step(self, batch: Batch) -> None:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with ctx:
+            logits = self.model(
+                input_ids=batch.src,
+                attention_mask=~batch.src_pad_mask,
+                decoder_input_ids=batch.tgt_in,
+            ).logits
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+            label_smoothing=0.1, reduction="sum",
+        )  # fmt: skip
+        (loss / batch.n_tgt_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def run_for(system, batches: list[Batch], seconds: float, cursor: int) -> tuple[float, float, int]:
+    """Train until `seconds` pass; returns (target tokens, elapsed, next batch index)."""
+    tokens, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = batches[cursor % len(batches)]
+        system.step(batch)
+        tokens += batch.n_tgt_tokens
+        cursor += 1
+    return tokens, time.perf_counter() - start, cursor
+
+
+def compare(
+    preset: str, precision: str, batches: list[Batch], vocab: int, seconds: float, rounds: int
+) -> dict:
+    cfg = model_config(preset)
+    systems = {"mt": Ours(cfg, vocab, precision), "hf": HuggingFace(cfg, vocab, precision)}
+    for system in systems.values():  # warm-up: allocator, oneDNN primitives
+        run_for(system, batches, 0.0, 0)
+        run_for(system, batches, 0.0, 1)
+    totals = {name: [0.0, 0.0] for name in systems}
+    cursors = dict.fromkeys(systems, 0)
+    for _ in range(rounds):
+        for name, system in systems.items():
+            tokens, elapsed, cursors[name] = run_for(
+                system, batches, seconds / rounds, cursors[name]
+            )
+            totals[name][0] += tokens
+            totals[name][1] += elapsed
+    return {name: tokens / elapsed for name, (tokens, elapsed) in totals.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="small,base")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--seconds", type=float, default=24.0, help="per system, small preset")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
+    precisions = args.precisions.split(",")
+    bf16_native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if "bf16" in precisions and not bf16_native:
+        # without AVX512-BF16 / AMX, oneDNN emulates bf16 matmuls hundreds of times slower
+        print("bf16: this CPU has no native bf16 matmul (no AVX512-BF16/AMX); bf16 skipped")
+        precisions.remove("bf16")
+    peaks = {p: measure_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
+    print("matmul peak: " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
+    with tempfile.TemporaryDirectory() as tmp:
+        batches, vocab = load_batches(Path(tmp), 40)
+    src_tokens = sum(int((~b.src_pad_mask).sum()) for b in batches)
+    tgt_tokens = sum(b.n_tgt_tokens for b in batches)
+    results: dict = {
+        "peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+        "bf16_native": bf16_native,
+        "ratio_fp32": None,
+        "ratio_bf16": None,
+    }
+    for preset in args.presets.split(","):
+        flops = matmul_flops_per_token(model_config(preset), vocab, src_tokens, tgt_tokens)
+        seconds = args.seconds * (2.0 if preset != "small" else 1.0)
+        for precision in precisions:
+            speed = compare(preset, precision, batches, vocab, seconds, rounds=3)
+            ratio = speed["mt"] / speed["hf"]
+            share = {k: v * flops / peaks[precision] for k, v in speed.items()}
+            print(
+                f"{preset:<6} {precision}: mt {speed['mt']:7.0f} tgt tok/s "
+                f"({share['mt']:.0%} of peak) | "
+                f"HF Marian {speed['hf']:7.0f} ({share['hf']:.0%}) | ratio {ratio:.2f}x",
+                flush=True,
+            )
+            results[f"{preset}_{precision}"] = {
+                "mt_tok_s": round(speed["mt"]), "hf_tok_s": round(speed["hf"]),
+                "ratio": round(ratio, 3),
+                "mt_peak_share": round(share["mt"], 3), "hf_peak_share": round(share["hf"], 3),
+            }  # fmt: skip
+            if preset == "small":
+                results[f"ratio_{precision}"] = round(ratio, 3)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Builders: presets' sizes, validation messages, weight tying and initialisation."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mt.model import (
+    Seq2Seq,
+    transformer,
+    transformer_base,
+    transformer_big,
+    transformer_small,
+    transformer_tiny,
+)
+from mt.model.layers import LearnedPositions
+
+BASE = dict(
+    src_vocab_size=40,
+    tgt_vocab_size=40,
+    d_model=16,
+    n_heads=2,
+    n_layers_enc=1,
+    n_layers_dec=1,
+    d_ff=32,
+)
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # shared tensors are counted once
+
+
+@pytest.mark.parametrize(
+    ("preset", "d_model", "n_heads", "n_layers", "d_ff"),
+    [
+        (transformer_tiny, 32, 2, 2, 64),
+        (transformer_small, 256, 4, 3, 1024),
+        (transformer_base, 512, 8, 6, 2048),
+    ],
+)
+def test_presets_have_their_sizes(
+    preset, d_model: int, n_heads: int, n_layers: int, d_ff: int
+) -> None:
+    model = preset(100, 100)
+    layer = model.encoder.layers[0]
+    assert model.decoder.embed.tokens.embedding_dim == d_model
+    assert layer.self_attn.n_heads == n_heads
+    assert len(model.encoder.layers) == len(model.decoder.layers) == n_layers
+    assert layer.ffn.fc1.out_features == d_ff
+
+
+def test_transformer_base_parameter_count() -> None:
+    # Vaswani et al. base: 44.1M without embeddings (3.15M per encoder, 4.2M per decoder layer)
+    model = transformer_base(1000, 1000)
+    without_embeddings = _n_params(model) - 1000 * 512 - 4 * 512  # minus the two final norms
+    assert without_embeddings == 6 * (
+        4 * 512 * 513 + 2 * 512 * 2048 + 2048 + 512 + 2 * 1024
+    ) + 6 * (8 * 512 * 513 + 2 * 512 * 2048 + 2048 + 512 + 3 * 1024)
+
+
+def test_big_preset_accepts_overrides() -> None:
+    model = transformer_big(10, 10, n_layers_enc=1, n_layers_dec=1, pad_id=1)
+    assert model.pad_id == 1
+    assert model.encoder.layers[0].self_attn.n_heads == 16
+
+
+def test_preset_returns_seq2seq_with_pad_id() -> None:
+    model = transformer_tiny(30, 30, pad_id=3)
+    assert isinstance(model, Seq2Seq) and model.pad_id == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"d_model": 250, "n_heads": 4}, "model.d_model=250 is not divisible by model.n_heads=4"),
+        ({"activation": "swish"}, "model.activation"),
+        ({"norm": "sandwich"}, "model.norm"),
+        ({"positions": "rotary"}, "model.positions"),
+        ({"tgt_vocab_size": 41}, "model.share_embeddings"),
+        ({"dropout": 1.0}, "model.dropout"),
+        ({"attn_dropout": -0.1}, "model.attn_dropout"),
+        ({"n_layers_dec": 0}, "model.n_layers_dec"),
+        ({"d_ff": 0}, "model.d_ff"),
+        ({"pad_id": 40}, "model.pad_id"),
+    ],
+)
+def test_bad_hyperparameters_raise_value_error_naming_the_key(change: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key.replace("(", r"\(")):
+        transformer(**{**BASE, **change})
+
+
+def test_shared_embeddings_are_one_tensor() -> None:
+    model = transformer(**BASE)
+    src_w = model.encoder.embed.tokens.weight
+    assert src_w is model.decoder.embed.tokens.weight
+    hidden = torch.randn(3, 16)
+    torch.testing.assert_close(model.project(hidden), hidden @ src_w.T)
+    with torch.no_grad():
+        src_w[5, 0] += 1.0  # one storage: the output projection sees the change
+    assert model.project(torch.eye(16)[:1])[0, 5] == src_w[5, 0]
+
+
+def test_unshared_embeddings_are_separate_and_allow_different_vocabularies() -> None:
+    model = transformer(**{**BASE, "tgt_vocab_size": 41, "share_embeddings": False})
+    src_w, tgt_w = model.encoder.embed.tokens.weight, model.decoder.embed.tokens.weight
+    assert src_w.shape == (40, 16) and tgt_w.shape == (41, 16)
+    assert src_w.data_ptr() != tgt_w.data_ptr()
+    assert model.project(torch.randn(2, 16)).shape == (2, 41)
+
+
+def test_initialisation() -> None:
+    torch.manual_seed(0)
+    model = transformer(**{**BASE, "src_vocab_size": 2000, "tgt_vocab_size": 2000, "d_model": 64})
+    emb = model.decoder.embed.tokens.weight
+    assert torch.all(emb[0] == 0)  # pad row
+    assert abs(emb[1:].std().item() - 64**-0.5) < 0.01
+    fc1 = model.encoder.layers[0].ffn.fc1
+    assert fc1.weight.abs().max() <= math.sqrt(6.0 / (64 + 32)) and torch.all(fc1.bias == 0)
+
+
+def test_learned_positions_option() -> None:
+    model = transformer(**{**BASE, "positions": "learned", "max_positions": 20})
+    assert isinstance(model.encoder.embed.positions, LearnedPositions)
+    assert model.encoder.embed.positions.weight.shape == (20, 16)

@@ -1,0 +1,56 @@
+"""bf16 autocast emulation: same numbers as a bf16 GEMM, active only where it should be."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mt.model import precision
+
+needs_emulation = pytest.mark.skipif(
+    precision._cpu_has_bf16_gemm(), reason="CPU has native bf16 matmuls; emulation is unused"
+)
+
+
+def test_plain_fp32_outside_autocast() -> None:
+    x, w, b = torch.randn(4, 8), torch.randn(3, 8), torch.randn(3)
+    assert not precision.emulating_bf16(x)
+    torch.testing.assert_close(precision.linear(x, w, b), F.linear(x, w, b), rtol=0, atol=0)
+
+
+@needs_emulation
+def test_emulated_linear_matches_native_bf16_linear() -> None:
+    torch.manual_seed(0)
+    x, w, b = torch.randn(16, 64), torch.randn(32, 64), torch.randn(32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert precision.emulating_bf16(x)
+        emulated = precision.linear(x, w, b)
+        native = F.linear(x, w, b)
+    assert emulated.dtype == native.dtype == torch.bfloat16
+    # same rounded operands, fp32 accumulation: at most one bf16 rounding step apart
+    torch.testing.assert_close(emulated.float(), native.float(), atol=0.05, rtol=2**-7)
+
+
+@needs_emulation
+def test_emulated_linear_gradients_are_bf16_rounded() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, requires_grad=True)
+    w = torch.randn(4, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        precision.linear(x, w).float().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad, x.grad.bfloat16().float(), rtol=0, atol=0)
+    expected = w.bfloat16().float().sum(0).expand(8, 16)
+    torch.testing.assert_close(x.grad, expected, atol=0.05, rtol=2**-7)
+
+
+@needs_emulation
+def test_emulated_attention_matches_fp32_within_bf16_precision() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    mask[0, ..., 3:] = False
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = precision.attention(q, k, v, mask, 0.0, False)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.02)

@@ -1,0 +1,182 @@
+"""Seq2Seq properties: shapes, padding invariance, causality, cached decoding, reorder, training."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mt.model import DecoderState, Seq2Seq, transformer_tiny
+
+V, PAD, BOS = 50, 0, 2
+
+
+def _model(**overrides: object) -> Seq2Seq:
+    torch.manual_seed(0)
+    return transformer_tiny(V, V, **overrides).eval()
+
+
+def _src(lengths: list[int], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random right-padded source ids [B, S] and its pad mask (True at padding)."""
+    width = width or max(lengths)
+    pad_mask = torch.arange(width)[None, :] >= torch.tensor(lengths)[:, None]
+    src = torch.randint(4, V, (len(lengths), width)).masked_fill(pad_mask, PAD)
+    return src, pad_mask
+
+
+def _tgt(batch: int, length: int) -> torch.Tensor:
+    tgt = torch.randint(4, V, (batch, length))
+    tgt[:, 0] = BOS
+    return tgt
+
+
+def test_output_shapes() -> None:
+    model = _model()
+    src, pad_mask = _src([5, 3, 4])
+    tgt = _tgt(3, 6)
+    memory = model.encode(src, pad_mask)
+    hidden = model.decode(tgt, memory, pad_mask)
+    assert memory.shape == (3, 5, 32)
+    assert hidden.shape == (3, 6, 32)
+    assert model.project(hidden).shape == (3, 6, V)
+    assert model(src, pad_mask, tgt).shape == (3, 6, V)
+
+
+def test_forward_equals_encode_decode_project() -> None:
+    model = _model()
+    src, pad_mask = _src([5, 3, 4])
+    tgt = _tgt(3, 6)
+    tgt[1, 4:] = PAD
+    via_parts = model.project(model.decode(tgt, model.encode(src, pad_mask), pad_mask))
+    torch.testing.assert_close(model(src, pad_mask, tgt), via_parts, atol=1e-5, rtol=1e-5)
+
+
+def test_source_pad_tokens_do_not_affect_real_positions() -> None:
+    model = _model()
+    src, pad_mask = _src([5, 2, 4])
+    tgt = _tgt(3, 4)
+    other = src.masked_fill(pad_mask, 7)  # real tokens at pad slots, mask unchanged
+    torch.testing.assert_close(
+        model.encode(other, pad_mask)[~pad_mask], model.encode(src, pad_mask)[~pad_mask]
+    )
+    torch.testing.assert_close(model(other, pad_mask, tgt), model(src, pad_mask, tgt))
+
+
+def test_extra_source_padding_does_not_change_outputs() -> None:
+    model = _model()
+    src, pad_mask = _src([5, 2, 4])
+    wide, wide_mask = F.pad(src, (0, 3), value=PAD), F.pad(pad_mask, (0, 3), value=True)
+    tgt = _tgt(3, 4)
+    memory, wide_memory = model.encode(src, pad_mask), model.encode(wide, wide_mask)
+    torch.testing.assert_close(wide_memory[:, :5][~pad_mask], memory[~pad_mask])
+    torch.testing.assert_close(model(wide, wide_mask, tgt), model(src, pad_mask, tgt))
+
+
+def test_no_padding_batch_matches_padded_batch_rows() -> None:
+    model = _model()
+    src, pad_mask = _src([4, 2])
+    tgt = _tgt(2, 3)
+    alone = model(src[:1, :4], pad_mask[:1, :4], tgt[:1])  # first row has no padding at all
+    torch.testing.assert_close(alone, model(src, pad_mask, tgt)[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_is_causal() -> None:
+    model = _model()
+    src, pad_mask = _src([5, 3])
+    tgt = _tgt(2, 6)
+    changed = tgt.clone()
+    changed[:, 4] = (tgt[:, 4] + 1 - 4) % (V - 4) + 4  # a different real token at position 4
+    out, out_changed = model(src, pad_mask, tgt), model(src, pad_mask, changed)
+    torch.testing.assert_close(out_changed[:, :4], out[:, :4])
+    assert not torch.allclose(out_changed[:, 4:], out[:, 4:])
+
+
+def test_target_padding_gives_zero_logits_and_leaves_real_positions_alone() -> None:
+    model = _model()
+    src, pad_mask = _src([5, 3])
+    tgt = _tgt(2, 6)
+    padded = tgt.clone()
+    padded[0, 3:] = PAD
+    out, out_padded = model(src, pad_mask, tgt), model(src, pad_mask, padded)
+    torch.testing.assert_close(out_padded[0, :3], out[0, :3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_padded[1], out[1], atol=1e-5, rtol=1e-5)
+    assert torch.all(out_padded[0, 3:] == 0)
+
+
+def _step_all(model: Seq2Seq, tgt: torch.Tensor, state: DecoderState) -> torch.Tensor:
+    """Feed tgt [N, T] one column at a time -> logits [N, T, V]."""
+    return torch.stack([model.decode_step(tgt[:, t], state) for t in range(tgt.shape[1])], 1)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"norm": "post"},
+        {"positions": "learned"},
+        {"norm": "post", "positions": "learned", "activation": "gelu"},
+    ],
+)
+def test_cached_decode_step_equals_full_forward(overrides: dict) -> None:
+    model = _model(**overrides)
+    src, pad_mask = _src([6, 2, 4])
+    tgt = _tgt(3, 7)
+    with torch.no_grad():
+        full = model(src, pad_mask, tgt)
+        state = model.init_state(model.encode(src, pad_mask), pad_mask, max_len=10)
+        stepped = _step_all(model, tgt, state)
+    assert state.step == 7
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("index", [[2, 0], [1, 1, 0], [2, 1, 0]])
+def test_reorder_then_step_equals_decoding_those_rows_alone(index: list[int]) -> None:
+    model = _model()
+    src, pad_mask = _src([6, 2, 4])
+    tgt = _tgt(3, 5)
+    keep = torch.tensor(index)
+    with torch.no_grad():
+        state = model.init_state(model.encode(src, pad_mask), pad_mask, max_len=8)
+        _step_all(model, tgt[:, :2], state)
+        state.reorder(keep)
+        after = _step_all(model, tgt[keep, 2:], state)
+        alone_state = model.init_state(model.encode(src[keep], pad_mask[keep]), pad_mask[keep], 8)
+        alone = _step_all(model, tgt[keep], alone_state)
+    assert state.n_rows == len(index)
+    torch.testing.assert_close(after, alone[:, 2:], atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_only_in_training() -> None:
+    model = _model(dropout=0.3)
+    src, pad_mask = _src([5, 3])
+    tgt = _tgt(2, 4)
+    torch.testing.assert_close(model(src, pad_mask, tgt), model(src, pad_mask, tgt))
+    model.train()
+    assert not torch.allclose(model(src, pad_mask, tgt), model(src, pad_mask, tgt))
+
+
+def test_bf16_autocast_forward_backward_close_to_fp32() -> None:
+    model = _model(dropout=0.0)
+    src, pad_mask = _src([5, 3])
+    tgt = _tgt(2, 4)
+    reference = model(src, pad_mask, tgt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(src, pad_mask, tgt)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.05)
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_tiny_model_overfits_a_small_batch() -> None:
+    torch.manual_seed(0)
+    model = transformer_tiny(V, V, dropout=0.0)
+    src, pad_mask = _src([8, 5, 7, 6, 8, 4, 3, 8])
+    tgt = torch.randint(4, V, (8, 9))
+    tgt[:, 0] = BOS
+    tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = F.cross_entropy(model(src, pad_mask, tgt_in).flatten(0, 1), tgt_out.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05  # from ln(50) ~ 3.9: it memorised the batch

@@ -1,0 +1,36 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mt.optim import build_optimizer, build_scheduler, inverse_sqrt, param_groups
+
+
+def test_inverse_sqrt_warms_up_linearly_then_decays():
+    f = inverse_sqrt(100)
+    assert f(1) == pytest.approx(0.01)
+    assert f(50) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(1.0)
+    assert f(400) == pytest.approx(0.5)
+    assert f(10_000) == pytest.approx(math.sqrt(100 / 10_000))
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 4  # embedding, linear bias, norm weight and bias
+
+
+def test_scheduler_drives_the_optimizer_lr():
+    model = nn.Linear(2, 2)
+    opt = build_optimizer(model, 1e-3, (0.9, 0.98), 1e-8, 0.0, torch.device("cpu"))
+    sched = build_scheduler(opt, warmup_steps=4)
+    lrs = []
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # after k scheduler steps the lr is peak * min(k / warmup, sqrt(warmup / k))
+    assert lrs[:5] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3 * math.sqrt(4 / 5)])

@@ -1,0 +1,144 @@
+"""The training stage: overfitting, exact resume, bf16 on CPU, DDP, bad configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mt.checkpoint import load_checkpoint
+from mt.model import transformer
+from mt.search import greedy_search
+from mt.shards import Shard
+from mt.tokenizer import BOS_ID, EOS_ID
+from mt.train import run_train
+from tests.conftest import train_config
+from tests.test_cli import assert_clean_error, mt
+
+
+def test_tiny_model_overfits_32_pairs_and_reproduces_them(overfit_run):
+    _, run, results = overfit_run
+    assert results["history"][-1]["valid/loss"] < 0.05
+    assert results["history"][-1]["valid/bleu"] == pytest.approx(100.0)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    data = run.parent / "data"
+    model = transformer(**ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    src, tgt = Shard.load(data, "train", "src"), Shard.load(data, "train", "tgt")
+    for i in range(4):
+        ids = torch.tensor([[*src[i].tolist(), EOS_ID]])
+        hyp = greedy_search(model, ids, ids == 0, bos_id=BOS_ID, eos_id=EOS_ID)[0]
+        assert hyp.tokens == tgt[i].tolist()
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def test_resume_matches_an_uninterrupted_run(prepared_dir, tmp_path):
+    extra = ("train.valid_every=4", "train.valid_bleu=false", "model.dropout=0.1")
+    straight = run_train(train_config(prepared_dir, tmp_path / "a", "train.max_steps=12", *extra))
+    run_train(train_config(prepared_dir, tmp_path / "b", "train.max_steps=8", *extra))
+    resumed = run_train(train_config(prepared_dir, tmp_path / "b", "train.max_steps=12", *extra))
+    assert resumed["step"] == straight["step"] == 12
+    assert resumed["history"][-1]["valid/loss"] == straight["history"][-1]["valid/loss"]
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_autocast_trains_on_cpu(prepared_dir, tmp_path):
+    results = run_train(
+        train_config(prepared_dir, tmp_path / "r", "train.max_steps=6", "train.precision=bf16")
+    )
+    assert results["step"] == 6
+    assert torch.isfinite(torch.tensor(results["history"][-1]["valid/loss"]))
+
+
+def test_run_folder_contents(prepared_dir, tmp_path):
+    run = tmp_path / "r"
+    run_train(
+        train_config(
+            prepared_dir,
+            run,
+            "train.max_steps=4",
+            "train.keep_last=2",
+            "train.valid_every=1",
+            "train.valid_bleu=false",
+        )
+    )
+    names = {p.name for p in (run / "checkpoints").iterdir()}
+    assert {"last.pt", "best.pt", "step_3.pt", "step_4.pt"} <= names and "step_1.pt" not in names
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["step"] == 4
+    assert (run / "config.yaml").is_file() and (run / "train.log").is_file()
+    assert (run / "spm.model").is_file()
+    assert any((run / "tensorboard").iterdir())
+    results = json.loads((run / "results.json").read_text())
+    assert "test/bleu" in results
+
+
+def test_checkpoint_averaging(prepared_dir, tmp_path):
+    run = tmp_path / "r"
+    run_train(
+        train_config(
+            prepared_dir,
+            run,
+            "train.max_steps=3",
+            "train.valid_every=1",
+            "train.valid_bleu=false",
+            "train.average_last=3",
+        )
+    )
+    steps = [load_checkpoint(run / "checkpoints" / f"step_{i}.pt")["model"] for i in (1, 2, 3)]
+    avg = load_checkpoint(run / "checkpoints" / "averaged.pt")
+    key = next(k for k in avg["model"] if avg["model"][k].is_floating_point())
+    expected = sum(s[key] for s in steps) / 3
+    torch.testing.assert_close(avg["model"][key], expected)
+    assert "optimizer" not in avg
+
+
+def test_bad_model_config_is_a_clear_error(prepared_dir, tmp_path):
+    result = mt(
+        "train",
+        f"data_dir={prepared_dir}",
+        f"run_dir={tmp_path / 'r'}",
+        "model=tiny",
+        "model.d_model=30",
+        "model.n_heads=4",
+        "train.device=cpu",
+    )
+    assert_clean_error(result, "model.d_model=30 is not divisible by model.n_heads=4")
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    result = mt("train", f"data_dir={tmp_path / 'nope'}", f"run_dir={tmp_path / 'r'}")
+    assert_clean_error(result, "has no manifest.json")
+
+
+def test_two_process_gloo_ddp(prepared_dir, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mt",
+        "train",
+        f"data_dir={prepared_dir}",
+        f"run_dir={run}",
+        "model=tiny",
+        "train.device=cpu",
+        "train.precision=fp32",
+        "train.max_steps=4",
+        "train.max_tokens=256",
+        "train.valid_bleu=false",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in (run / "train.log").read_text()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["step"] == 4

@@ -1,0 +1,165 @@
+"""mt translate on a tiny model that memorized 32 pairs."""
+
+import random
+import subprocess
+
+import pytest
+
+from mt.config import DecodeConfig
+from mt.errors import MTError
+from mt.translate import Translator, batch_order, load_run, read_buffers
+from tests.test_cli import MT, assert_clean_error, mt
+
+
+def _lines(path):
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def translator(overfit_run):
+    import torch
+
+    _, run, _ = overfit_run
+    return Translator(
+        load_run(run, None, torch.device("cpu")), DecodeConfig(), torch.device("cpu"), "fp32"
+    )
+
+
+def test_beam_search_recovers_the_training_targets(overfit_run, translator):
+    corpus, _, _ = overfit_run
+    src, tgt = _lines(corpus / "train.en"), _lines(corpus / "train.de")
+    out = translator.translate(src)
+    assert [hyps[0][0] for hyps in out] == tgt
+
+
+def test_output_order_equals_input_order_for_shuffled_lengths(overfit_run, translator):
+    corpus, _, _ = overfit_run
+    pairs = list(zip(_lines(corpus / "train.en"), _lines(corpus / "train.de"), strict=True))
+    random.Random(0).shuffle(pairs)
+    translator.decode.batch_size = 3  # many batches, each sorted by length
+    try:
+        out = translator.translate([s for s, _ in pairs])
+    finally:
+        translator.decode.batch_size = 64
+    assert [hyps[0][0] for hyps in out] == [t for _, t in pairs]
+
+
+def test_nbest_is_sorted_by_score(overfit_run, translator):
+    corpus, _, _ = overfit_run
+    translator.decode.nbest = 4
+    try:
+        out = translator.translate(_lines(corpus / "train.en")[:5])
+    finally:
+        translator.decode.nbest = 1
+    for hyps in out:
+        assert len(hyps) == 4
+        scores = [score for _, score in hyps]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_file_to_file_keeps_empty_lines_and_line_count(overfit_run, tmp_path):
+    corpus, run, _ = overfit_run
+    src = _lines(corpus / "train.en")[:6]
+    lines = ["", src[0], "   ", src[1], "", *src[2:]]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = mt(
+        "translate",
+        f"run_dir={run}",
+        f"input={tmp_path / 'in.txt'}",
+        f"output={tmp_path / 'out.txt'}",
+        "decode.beam=3",
+    )
+    assert result.returncode == 0, result.stderr
+    out = _lines(tmp_path / "out.txt")
+    assert len(out) == len(lines)
+    assert out[0] == "" and out[2] == "" and out[4] == ""
+    assert out[1] == _lines(corpus / "train.de")[0]
+
+
+def test_stdin_streams_to_stdout(overfit_run):
+    corpus, run, _ = overfit_run
+    src, tgt = _lines(corpus / "train.en"), _lines(corpus / "train.de")
+    proc = subprocess.Popen(
+        [
+            *MT.split(),
+            "translate",
+            f"run_dir={run}",
+            "input=-",
+            "output=-",
+            "decode.beam=1",
+            "decode.buffer_lines=1",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # the first translation arrives while stdin is still open: output streams
+    proc.stdin.write(src[0] + "\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().rstrip("\n") == tgt[0]
+    proc.stdin.write(src[1] + "\n")
+    proc.stdin.close()
+    assert proc.stdout.read().splitlines() == [tgt[1]]
+    assert proc.wait(timeout=60) == 0
+
+
+def test_nbest_output_format(overfit_run, tmp_path):
+    corpus, run, _ = overfit_run
+    (tmp_path / "in.txt").write_text("\n".join(_lines(corpus / "train.en")[:2]) + "\n")
+    result = mt(
+        "translate",
+        f"run_dir={run}",
+        f"input={tmp_path / 'in.txt'}",
+        "output=-",
+        "decode.beam=3",
+        "decode.nbest=2",
+    )
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["1", "1", "2", "2"]
+    assert float(rows[0][1]) >= float(rows[1][1])
+
+
+def test_long_input_is_truncated_with_a_warning(overfit_run, tmp_path):
+    _, run, _ = overfit_run
+    (tmp_path / "in.txt").write_text("ok\n" + "the man " * 800 + "\n")
+    result = mt("translate", f"run_dir={run}", f"input={tmp_path / 'in.txt'}", "output=-")
+    assert result.returncode == 0, result.stderr
+    assert "in.txt:2:" in result.stderr and "truncated" in result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_bad_utf8_input_names_file_and_line(overfit_run, tmp_path):
+    _, run, _ = overfit_run
+    (tmp_path / "in.txt").write_bytes(b"fine\n\xc3\x28 bad\n")
+    result = mt("translate", f"run_dir={run}", f"input={tmp_path / 'in.txt'}", "output=-")
+    assert_clean_error(result, "in.txt:2:", "not valid UTF-8")
+
+
+def test_vocabulary_mismatch_is_a_clear_error(overfit_run, tmp_path, prepared_dir):
+    import shutil
+
+    _, run, _ = overfit_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.copy(prepared_dir / "spm.model", copy / "spm.model")  # another corpus' vocabulary
+    with pytest.raises(MTError, match="another vocabulary"):
+        load_run(copy, None, None)
+
+
+def test_batch_order_respects_limits():
+    import numpy as np
+
+    lengths = np.array([5, 1, 9, 3, 3, 7])
+    batches = batch_order(lengths, max_tokens=12, batch_size=2)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(6))
+    for b in batches:
+        assert len(b) <= 2 and (len(b) == 1 or lengths[b].max() * len(b) <= 12)
+
+
+def test_read_buffers_chunks_lines(tmp_path):
+    (tmp_path / "f").write_text("a\nb\r\nc\n")
+    assert list(read_buffers([str(tmp_path / "f")], 2)) == [
+        (str(tmp_path / "f"), 1, ["a", "b"]),
+        (str(tmp_path / "f"), 3, ["c"]),
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -130,7 +131,14 @@ def _hydra_entry(stage: str, run: Callable[[Any], Any], args: list[str]) -> None
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `mt` console script."""
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # `mt translate ... | head`: the reader left, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+
+
+def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         sys.exit(0 if args else EXIT_USAGE)

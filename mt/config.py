@@ -149,7 +149,9 @@ class TrainLoopConfig:
     lr: float = 7e-4
     """Peak learning rate, reached at the end of warmup."""
     warmup_steps: int = 4000
-    """Linear warmup steps before the inverse-square-root decay."""
+    """Linear warmup steps before the decay."""
+    schedule: str = "inverse_sqrt"
+    """inverse_sqrt (lr * sqrt(warmup / step)) | linear (decays to 0 at train.max_steps)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     """AdamW betas."""
     eps: float = 1e-8
@@ -340,6 +342,12 @@ def validate_train(cfg: TrainConfig) -> None:
     t = cfg.train
     _check_choice("train.precision", t.precision, ("auto", "bf16", "fp16", "fp32"))
     _check_choice("train.device", t.device, ("auto", "cpu", "cuda"))
+    _check_choice("train.schedule", t.schedule, ("inverse_sqrt", "linear"))
+    if t.schedule == "linear" and t.max_steps <= t.warmup_steps:
+        raise ConfigError(
+            f"train.schedule=linear decays to 0 at train.max_steps, which must exceed "
+            f"train.warmup_steps={t.warmup_steps} (got {t.max_steps})."
+        )
     for key in ("max_tokens", "update_freq", "lr"):
         _check_positive(f"train.{key}", getattr(t, key))
     if len(t.betas) != 2:

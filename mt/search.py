@@ -30,8 +30,14 @@ class IncrementalDecoder(Protocol):
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
         """src [B, S] -> memory [B, ...] (batch first)."""
 
-    def init_state(self, memory: Tensor, src_pad_mask: Tensor, max_len: int) -> IncrementalState:
-        """Decoder state for N rows of memory, holding up to ``max_len`` decode steps."""
+    def init_state(
+        self, memory: Tensor, src_pad_mask: Tensor, max_len: int, rows_per_source: int = 1
+    ) -> IncrementalState:
+        """Decoder state for B sources x ``rows_per_source`` rows, up to ``max_len`` steps.
+
+        Rows b*K .. b*K+K-1 (K = rows_per_source) decode source b; ``reorder`` keeps them
+        grouped that way.
+        """
 
     def decode_step(self, tokens: Tensor, state: Any) -> Tensor:
         """Last token of each row, tokens [N] -> next-token logits [N, V]; advances state."""
@@ -75,12 +81,9 @@ class _Stepper:
         eos_id: int,
     ) -> None:
         memory = model.encode(src, src_pad_mask)
-        if beam > 1:
-            # rows b*K .. b*K+K-1 belong to sentence b: [B, ...] -> [B*K, ...]
-            memory = memory.repeat_interleave(beam, dim=0)
-            src_pad_mask = src_pad_mask.repeat_interleave(beam, dim=0)
         self.model, self.eos_id = model, eos_id
-        self.state = model.init_state(memory, src_pad_mask, n_steps)
+        # rows b*K .. b*K+K-1 belong to sentence b; the model keeps its memory once per sentence
+        self.state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=beam)
         self._buf: Tensor | None = None
 
     def __call__(self, tokens: Tensor, at_max: Tensor | None) -> Tensor:

@@ -127,7 +127,8 @@ def _build(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device, dis
         loss_fn = torch.compile(loss_fn)
     t = cfg.train
     optimizer = build_optimizer(model, t.lr, tuple(t.betas), t.eps, t.weight_decay, device)
-    return model, loss_fn, optimizer, build_scheduler(optimizer, t.warmup_steps), model_args
+    scheduler = build_scheduler(optimizer, t.warmup_steps, t.schedule, t.max_steps)
+    return model, loss_fn, optimizer, scheduler, model_args
 
 
 def _lock_run_dir(root: Path) -> IO[str]:

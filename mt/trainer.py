@@ -194,10 +194,16 @@ class Trainer:
             return
         self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
         path = self.paths.checkpoints / f"step_{self.state.step}.pt"
-        save_checkpoint(self.state_dict(), path)
-        link_checkpoint(path, self.paths.last)
-        if is_best:
-            link_checkpoint(path, self.paths.best)
+        try:
+            save_checkpoint(self.state_dict(), path)
+            link_checkpoint(path, self.paths.last)
+            if is_best:
+                link_checkpoint(path, self.paths.best)
+        except OSError as exc:  # disk full, quota, read-only file system ...
+            raise MTError(
+                f"cannot write checkpoint {path} ({exc.strerror or exc}); training stopped at "
+                f"step {self.state.step}, and {self.paths.last} still holds the previous one."
+            ) from None
         prune_checkpoints(self.paths.checkpoints, max(self.cfg.keep_last, self.cfg.average_last, 1))
 
     # ------------------------------------------------------------------ the loop
@@ -274,7 +280,9 @@ class Trainer:
                     window = dict.fromkeys(window, 0.0)
                     window_start = time.perf_counter()
                 if cfg.valid_every and state.step % cfg.valid_every == 0:
+                    paused = time.perf_counter()
                     self._validate_and_save()
+                    window_start += time.perf_counter() - paused  # tokens/s: training time only
                 if self._should_stop() or self.stop_signal:
                     break
             else:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mt.optim import build_optimizer, build_scheduler, inverse_sqrt, param_groups
+from mt.optim import build_optimizer, build_scheduler, inverse_sqrt, linear_decay, param_groups
 
 
 def test_inverse_sqrt_warms_up_linearly_then_decays():
@@ -34,3 +34,11 @@ def test_scheduler_drives_the_optimizer_lr():
         lrs.append(opt.param_groups[0]["lr"])
     # after k scheduler steps the lr is peak * min(k / warmup, sqrt(warmup / k))
     assert lrs[:5] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3 * math.sqrt(4 / 5)])
+
+
+def test_linear_schedule_warms_up_then_reaches_zero_at_the_end():
+    f = linear_decay(10, 110)
+    assert f(5) == pytest.approx(0.5)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5)
+    assert f(110) == 0.0 and f(200) == 0.0

@@ -112,3 +112,124 @@ def test_second_run_on_the_same_dir_is_refused(prepared_dir, tmp_path):
     third = _start_train(prepared_dir, run, "train.max_steps=1")
     _, err = third.communicate(timeout=120)
     assert third.returncode == 0, err
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _train_small_run(prepared_dir, run, steps, *extra):
+    cfg = train_config(
+        prepared_dir,
+        run,
+        f"train.max_steps={steps}",
+        "train.valid_every=1",
+        "train.valid_bleu=false",
+        *extra,
+    )
+    return run_train(cfg)
+
+
+def test_corrupt_or_foreign_files_are_clear_errors(prepared_dir, tmp_path):
+    import os
+
+    _train_small_run(prepared_dir, tmp_path / "r", 1)
+    good = tmp_path / "r" / "checkpoints" / "last.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(MTError, match="is not a readable checkpoint"):
+        load_checkpoint(truncated)
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(os.urandom(5000))
+    with pytest.raises(MTError, match="is not a readable checkpoint"):
+        load_checkpoint(noise)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(MTError, match="is not an mt checkpoint"):
+        load_checkpoint(foreign)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_loading_never_runs_code_from_the_file(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "mt-checkpoint/1", "x": _Exploit(marker)}, evil)
+    with pytest.raises(MTError, match="is not a readable checkpoint"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_resume_falls_back_to_newest_readable_checkpoint(prepared_dir, tmp_path, caplog):
+    run = tmp_path / "r"
+    _train_small_run(prepared_dir, run, 3, "train.keep_last=3")
+    # damage the newest step file in place: last.pt is the same file, so both are unreadable
+    newest = run / "checkpoints" / "step_3.pt"
+    newest.write_bytes(newest.read_bytes()[:2000])
+    results = _train_small_run(prepared_dir, run, 5, "train.keep_last=3")
+    assert results["step"] == 5
+    log = (run / "train.log").read_text()
+    assert "step_2.pt, the newest readable checkpoint" in log
+    assert "resuming" in log and "from step 2" in log
+
+
+def test_another_architecture_is_refused_on_resume(prepared_dir, tmp_path):
+    run = tmp_path / "r"
+    _train_small_run(prepared_dir, run, 1)
+    with pytest.raises(MTError, match="other model settings or another vocabulary"):
+        _train_small_run(prepared_dir, run, 2, "model.d_ff=128")
+
+
+def test_disk_full_keeps_the_previous_checkpoint(prepared_dir, tmp_path, monkeypatch):
+    import errno
+
+    run = tmp_path / "r"
+    _train_small_run(prepared_dir, run, 2)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # bytes go out, then the device is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mt.checkpoint.torch.save", full_disk)
+    with pytest.raises(MTError, match="cannot write checkpoint .*No space left on device"):
+        _train_small_run(prepared_dir, run, 4)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["step"] == 2
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+
+
+# ---------------------------------------------------------------- kill -9 at any moment
+
+
+def test_kill_anywhere_then_resume_gives_the_uninterrupted_weights(prepared_dir, tmp_path):
+    import os
+    import random
+
+    steps = 12
+    common = (f"train.max_steps={steps}", "train.valid_every=1", "model.dropout=0.1")
+    reference = tmp_path / "ref"
+    ref = _start_train(prepared_dir, reference, *common)
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    run, rng, kills = tmp_path / "killed", random.Random(0), 0
+    for _ in range(int(os.environ.get("MT_KILL_LOOPS", "3"))):
+        proc = _start_train(prepared_dir, run, *common)
+        time.sleep(rng.uniform(2.0, 6.0))  # start-up is ~2 s: kills land in steps and writes
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        for path in (run / "checkpoints").glob("*.pt"):
+            load_checkpoint(path)  # every visible checkpoint is complete and readable
+    final = _start_train(prepared_dir, run, *common)
+    assert final.wait(timeout=300) == 0, final.stderr.read()
+    assert kills > 0
+    a = load_checkpoint(reference / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -49,9 +49,12 @@ class FakeDecoder:
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
         return torch.arange(src.size(0)).unsqueeze(1)  # "memory" [B, 1]: the sentence index
 
-    def init_state(self, memory: Tensor, src_pad_mask: Tensor, max_len: int) -> FakeState:
+    def init_state(
+        self, memory: Tensor, src_pad_mask: Tensor, max_len: int, rows_per_source: int = 1
+    ) -> FakeState:
         assert memory.size(0) == src_pad_mask.size(0)
-        self.states.append(FakeState(memory[:, 0].clone(), max_len))
+        rows = memory[:, 0].repeat_interleave(rows_per_source)  # sentence index of each row
+        self.states.append(FakeState(rows.clone(), max_len))
         return self.states[-1]
 
     def decode_step(self, tokens: Tensor, state: FakeState) -> Tensor:

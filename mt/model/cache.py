@@ -114,26 +114,42 @@ class DecoderState:
     """Everything the decoder carries between `decode_step` calls.
 
     Args:
-        self_caches: Per-layer self-attention caches, preallocated for max_len steps.
-        cross_caches: Per-layer cross-attention K/V computed once from the memory.
-        memory_mask: Bool [N, 1, 1, S], True where the memory may be attended (not padding).
+        self_caches: Per-layer self-attention caches for N rows, preallocated for max_len steps.
+        cross_caches: Per-layer cross-attention K/V computed once per source sentence [B, ...].
+        memory_mask: Bool [B, 1, 1, S], True where the memory may be attended (not padding).
+        rows_per_source: K; rows b*K .. b*K+K-1 decode source b (N = B * K).
     """
 
     def __init__(
-        self, self_caches: list[KVCache], cross_caches: list[KVCache], memory_mask: Tensor
+        self,
+        self_caches: list[KVCache],
+        cross_caches: list[KVCache],
+        memory_mask: Tensor,
+        rows_per_source: int = 1,
     ) -> None:
         self.self_caches = self_caches
         self.cross_caches = cross_caches
         self.memory_mask = memory_mask
+        self.rows_per_source = rows_per_source
+        self.n_rows = memory_mask.shape[0] * rows_per_source  # N
         self.step = 0  # number of target positions already decoded
 
-    @property
-    def n_rows(self) -> int:
-        """Current number of rows N (sentences x beams still being decoded)."""
-        return self.memory_mask.shape[0]
-
     def reorder(self, index: Tensor) -> None:
-        """Keep/reorder rows of every cache and the memory mask (index LongTensor [N'])."""
-        for cache in (*self.self_caches, *self.cross_caches):
+        """Keep/reorder rows: row i becomes old row `index[i]` (index LongTensor [N']).
+
+        With K rows per source, every group of K new rows must come from one source (beam
+        search reorders beams within a sentence and drops whole sentences); the per-source
+        cross-attention K/V and mask move only when the set of sources changes.
+        """
+        for cache in self.self_caches:
             cache.reorder(index)
-        self.memory_mask = self.memory_mask.index_select(0, index)
+        sources = index[:: self.rows_per_source] // self.rows_per_source  # [N' / K]
+        n_src = self.memory_mask.shape[0]
+        unchanged = sources.shape[0] == n_src and bool(
+            (sources == torch.arange(n_src, device=sources.device)).all()
+        )
+        if not unchanged:
+            for cache in self.cross_caches:
+                cache.reorder(sources)
+            self.memory_mask = self.memory_mask.index_select(0, sources)
+        self.n_rows = index.shape[0]

@@ -199,6 +199,7 @@ class DecoderLayer(nn.Module):
         memory_kv: tuple[Tensor, Tensor],
         memory_mask: Tensor | None,
         cache: KVCache | None = None,
+        cross_packing: Packing | None = None,
     ) -> Tensor:
         """Run one decoder layer.
 
@@ -209,16 +210,19 @@ class DecoderLayer(nn.Module):
             memory_mask: Bool [B, 1, 1, S], True where the memory is a real token.
             cache: Self-attention cache for incremental decoding; without one, attention is causal
                 over the T given positions (teacher forcing).
+            cross_packing: Layout of x for cross-attention when it differs from `packing`
+                (incremental beam decoding: the [B*K, 1] rows regrouped as [B, K]).
 
         Returns:
             Packed output [N, D].
         """
         causal = cache is None
         k, v = memory_kv
+        cp = cross_packing or packing
         if self.norm_first:
             x = x + self.dropout(self.self_attn(self.norm1(x), packing, None, causal, cache))
-            x = x + self.dropout(self.cross_attn(self.norm2(x), packing, k, v, memory_mask))
+            x = x + self.dropout(self.cross_attn(self.norm2(x), cp, k, v, memory_mask))
             return x + self.dropout(self.ffn(self.norm3(x)))
         x = self.norm1(x + self.dropout(self.self_attn(x, packing, None, causal, cache)))
-        x = self.norm2(x + self.dropout(self.cross_attn(x, packing, k, v, memory_mask)))
+        x = self.norm2(x + self.dropout(self.cross_attn(x, cp, k, v, memory_mask)))
         return self.norm3(x + self.dropout(self.ffn(x)))

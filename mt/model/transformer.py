@@ -88,10 +88,14 @@ class Decoder(nn.Module):
     def step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """tokens [N] at position `state.step` -> hidden [N, D]; appends to the caches."""
         packing = Packing.dense(tokens.shape[0], 1, tokens.device)  # one token per row
+        # cross-attention sees the K rows of a source as K queries of one sequence: [B, K]
+        k_rows = state.rows_per_source
+        cross_packing = Packing.dense(tokens.shape[0] // k_rows, k_rows, tokens.device)
         x = self.embed(tokens, tokens.new_full(tokens.shape, state.step))
         layers = zip(self.layers, state.self_caches, state.cross_caches, strict=True)
         for layer, self_cache, cross in layers:
-            x = layer(x, packing, (cross.keys, cross.values), state.memory_mask, self_cache)
+            memory_kv = (cross.keys, cross.values)
+            x = layer(x, packing, memory_kv, state.memory_mask, self_cache, cross_packing)
         return self.final_norm(x)
 
 
@@ -160,27 +164,33 @@ class Seq2Seq(nn.Module):
         # rows is cheaper than scattering/gathering [N_t, V] logits and their gradient.
         return self.project(packing.unpack(hidden))  # [N_t, D] -> [B, T, D] -> [B, T, V]
 
-    def init_state(self, memory: Tensor, src_pad_mask: Tensor, max_len: int) -> DecoderState:
-        """Start incremental decoding for N rows.
+    def init_state(
+        self, memory: Tensor, src_pad_mask: Tensor, max_len: int, rows_per_source: int = 1
+    ) -> DecoderState:
+        """Start incremental decoding for N = B x rows_per_source rows.
 
         Args:
-            memory: Encoder output [N, S, D].
-            src_pad_mask: Bool [N, S], True at source padding.
+            memory: Encoder output [B, S, D], one row per source sentence.
+            src_pad_mask: Bool [B, S], True at source padding.
             max_len: Number of decode steps the self-attention caches must hold.
+            rows_per_source: K rows decode each source (beam search: the beam size). Rows
+                b*K .. b*K+K-1 share source b: its cross-attention K/V are stored once and its
+                K queries attend to them together, so beams never copy the memory.
 
         Returns:
             State with cross-attention K/V computed once per layer and empty self-attention caches.
         """
-        n_rows, src_len, _ = memory.shape
-        packing = Packing.dense(n_rows, src_len, memory.device)  # pad rows stay: they are masked
-        flat = memory.reshape(n_rows * src_len, -1)  # [N, S, D] -> [N * S, D]
+        n_src, src_len, _ = memory.shape
+        packing = Packing.dense(n_src, src_len, memory.device)  # pad rows stay: they are masked
+        flat = memory.reshape(n_src * src_len, -1)  # [B, S, D] -> [B * S, D]
         cross, selfs = [], []
         for layer in cast(list[DecoderLayer], self.decoder.layers):
-            k, v = layer.cross_attn.project_kv(flat, packing)  # 2 x [N, H, S, Dh]
+            k, v = layer.cross_attn.project_kv(flat, packing)  # 2 x [B, H, S, Dh]
             cross.append(KVCache.filled(k, v))
             _, h, _, dh = k.shape
+            n_rows = n_src * rows_per_source
             selfs.append(KVCache.empty(n_rows, h, max_len, dh, dtype=k.dtype, device=k.device))
-        return DecoderState(selfs, cross, attend_mask(src_pad_mask))
+        return DecoderState(selfs, cross, attend_mask(src_pad_mask), rows_per_source)
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """Last token of each row, tokens [N] -> logits [N, V] for the next position.

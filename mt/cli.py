@@ -77,8 +77,18 @@ def _config_sentence(exc: BaseException) -> str:
 
 
 def _merge_repeated(overrides: list[str]) -> list[str]:
-    """`ref=a ref=b` -> `ref=['a','b']`: a key given twice collects its values into a list."""
+    """`ref=a ref=b` -> `ref=['a','b']`: a key given twice collects its values into a list.
+
+    A config group given twice (`data=local ... data=wmt14_en_de`) is a choice, not a list:
+    the last one wins, as for any later override.
+    """
     keys = [arg.split("=", 1)[0] for arg in overrides if "=" in arg and not arg.startswith("-")]
+    groups = {key for key in keys if (CONFIG_DIR / key).is_dir()}
+    if groups:
+        key_of = [arg.split("=", 1)[0] for arg in overrides]
+        last = {key: i for i, key in enumerate(key_of) if key in groups}
+        overrides = [a for i, a in enumerate(overrides) if last.get(key_of[i], i) == i]
+        keys = [key for key in keys if key not in groups]
     repeated = {key for key in keys if keys.count(key) > 1}
     if not repeated:
         return overrides

@@ -6,6 +6,7 @@ The ids of pad, unk, bos and eos are fixed here; the model, the loss and the dec
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +60,13 @@ def train_sentencepiece(
     except RuntimeError as exc:
         # SentencePiece reports as "INTERNAL: file(line) [check] message": keep the message
         reason = str(exc).strip().splitlines()[0].split("] ")[-1]
+        needed = re.search(r"required_chars\. \d+ vs (\d+)", reason)
+        if needed:  # the one failure a user meets in practice: name the keys that fix it
+            raise MTError(
+                f"spm.vocab_size={vocab_size} is smaller than the {needed.group(1)} distinct "
+                f"characters that spm.character_coverage={character_coverage} keeps: raise "
+                "spm.vocab_size or lower spm.character_coverage (byte_fallback covers the rest)."
+            ) from None
         raise MTError(f"SentencePiece training failed: {reason}") from None
     return model_prefix.with_suffix(".model")
 

@@ -246,15 +246,16 @@ class Trainer:
 
     def _batches_from(self) -> list:
         """The rest of the current epoch's batches, from the saved position on."""
+        cfg, state = self.cfg, self.state
         batches = epoch_batches(
-            self.train_data,
-            self.cfg.max_tokens,
-            self.cfg.seed,
-            self.state.epoch,
-            self.dist.rank,
-            self.dist.world,
+            self.train_data, cfg.max_tokens, cfg.seed, state.epoch, self.dist.rank, self.dist.world
         )
-        return batches[self.state.batch_in_epoch :]
+        if len(batches) < cfg.update_freq:
+            raise MTError(
+                f"an epoch has {len(batches)} batches per process, fewer than "
+                f"train.update_freq={cfg.update_freq}: use more data or smaller batches."
+            )
+        return batches[state.batch_in_epoch :]
 
     def fit(self) -> TrainState:
         """Train until a limit is reached; validates and checkpoints every valid_every steps."""

@@ -152,8 +152,21 @@ class Translator:
                 found = self._search(src.to(self.device))
             for i, hyps in zip(rows, found, strict=True):
                 texts = self.run.tgt_tok.decode([h.tokens for h in hyps])
-                results[i] = [(t, h.score) for t, h in zip(texts, hyps, strict=True)]
+                results[i] = [(one_line(t), h.score) for t, h in zip(texts, hyps, strict=True)]
         return results
+
+
+# Every character that Python's str.splitlines() (and so many readers) treats as a line end.
+_LINE_BREAKS = str.maketrans(dict.fromkeys("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029", " "))
+
+
+def one_line(text: str) -> str:
+    """`text` with line-ending characters as spaces, so one output line stays one line.
+
+    Byte-fallback pieces can decode to any character, including line ends: an untrained or
+    unlucky model must still write exactly one line per input line.
+    """
+    return text.translate(_LINE_BREAKS)
 
 
 def read_buffers(paths: list[str], size: int) -> Iterator[tuple[str, int, list[str]]]:

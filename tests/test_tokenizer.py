@@ -1,5 +1,6 @@
 import pytest
 
+from mt.errors import MTError
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
 from tests.conftest import make_pairs
 
@@ -36,3 +37,10 @@ def test_bpe_model_trains_and_round_trips(tmp_path):
     en, _ = make_pairs(200, seed=1)
     tok = Tokenizer(train_sentencepiece(en, tmp_path / "bpe", vocab_size=300, model_type="bpe"))
     assert tok.decode(tok.encode(en[:5])) == en[:5]
+
+
+def test_vocabulary_smaller_than_the_alphabet_names_the_keys(tmp_path):
+    alphabet = [chr(0x4E00 + i) for i in range(400)]  # 400 distinct characters
+    lines = [" ".join(alphabet[i : i + 20]) for i in range(0, 400, 20)]
+    with pytest.raises(MTError, match=r"spm\.vocab_size=300 is smaller than the \d+ distinct"):
+        train_sentencepiece(lines, tmp_path / "spm", vocab_size=300)

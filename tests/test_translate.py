@@ -7,7 +7,7 @@ import pytest
 
 from mt.config import DecodeConfig
 from mt.errors import MTError
-from mt.translate import Translator, batch_order, load_run, read_buffers
+from mt.translate import Translator, batch_order, load_run, one_line, read_buffers
 from tests.test_cli import MT, assert_clean_error, mt
 
 
@@ -163,3 +163,8 @@ def test_read_buffers_chunks_lines(tmp_path):
         (str(tmp_path / "f"), 1, ["a", "b"]),
         (str(tmp_path / "f"), 3, ["c"]),
     ]
+
+
+def test_line_ends_inside_a_translation_become_spaces():
+    text = "a\nb\rc\x0bd\x0ce\x1cf\x85g\u2028h\u2029i"
+    assert one_line(text).splitlines() == ["a b c d e f g h i"]

@@ -78,6 +78,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temp files of writes that a killed process never finished; returns them.
+
+    Only safe while holding the run's lock: no other process is writing to `folder` then.
+    """
+    stale = sorted(folder.glob(".*.pt.tmp-*"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def step_checkpoints(folder: Path) -> list[Path]:
     """step_<N>.pt files of a folder, oldest step first."""
     found = [

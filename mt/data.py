@@ -31,8 +31,11 @@ class Batch:
     ids: Tensor  # [B] sentence indices in the split
 
     def to(self, device: torch.device) -> Batch:
-        non_blocking = device.type == "cuda"
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        """The batch on `device`; to CUDA through pinned memory, so the copy is asynchronous."""
+        if device.type == "cuda":
+            move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+        else:
+            move = lambda t: t.to(device)  # noqa: E731
         return Batch(
             move(self.src),
             move(self.src_pad_mask),
@@ -41,13 +44,6 @@ class Batch:
             self.n_tgt_tokens,
             self.ids,
         )
-
-    def pin_memory(self) -> Batch:
-        pin = lambda t: t.pin_memory()  # noqa: E731
-        src, mask, tgt_in, tgt_out = map(
-            pin, (self.src, self.src_pad_mask, self.tgt_in, self.tgt_out)
-        )
-        return Batch(src, mask, tgt_in, tgt_out, self.n_tgt_tokens, self.ids)
 
 
 class ParallelData:

@@ -57,10 +57,18 @@ def length_penalty(length: int, lenpen: float) -> float:
     return float(((5 + length) / 6) ** lenpen)
 
 
-def _max_output_lens(src_pad_mask: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
-    """Per-sentence cap on output tokens before eos, int(a * src_len + b), as LongTensor [B]."""
+def _max_output_lens(
+    src_pad_mask: Tensor, max_len_a: float, max_len_b: int, max_len: int | None
+) -> Tensor:
+    """Per-sentence cap on output tokens before eos, int(a * src_len + b), as LongTensor [B].
+
+    ``max_len`` bounds every cap: a model with P positions can emit at most P - 1 tokens
+    (bos takes position 0), however long the source.
+    """
     src_len = (~src_pad_mask).sum(dim=1).cpu().double()  # float64: truncates like Python's int()
     caps = (max_len_a * src_len + max_len_b).long().clamp_(min=0)
+    if max_len is not None:
+        caps.clamp_(max=max_len)
     return caps.to(src_pad_mask.device)
 
 
@@ -194,6 +202,7 @@ def greedy_search(
     eos_id: int,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    max_len: int | None = None,
 ) -> list[Hypothesis]:
     """Translate by taking the most probable token at every step.
 
@@ -206,12 +215,14 @@ def greedy_search(
         max_len_a: With ``max_len_b``, a sentence emits at most int(a * src_len + b) tokens
             before eos (then eos is forced); src_len counts non-pad tokens.
         max_len_b: See ``max_len_a``.
+        max_len: Hard cap on the tokens before eos whatever the source length, e.g. the
+            model's ``max_positions - 1``; None for no cap.
 
     Returns:
         One hypothesis per sentence, in input order. Scores use lenpen 1.0, the
         ``beam_search`` default, so ``beam_search(beam=1)`` gives the same hypotheses.
     """
-    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b)
+    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b, max_len)
     return _decode_paths(model, src, src_pad_mask, max_lens, _pick_argmax, bos_id, eos_id)
 
 
@@ -229,11 +240,13 @@ def sample(
     eos_id: int,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    max_len: int | None = None,
 ) -> list[Hypothesis]:
     """Translate by drawing every token from the model's (restricted) distribution.
 
     Args:
-        model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b: As in ``greedy_search``.
+        model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b, max_len: As in
+            ``greedy_search``.
         topk: Draw only among the k most probable tokens; 0 keeps all.
         topp: Draw only from the smallest set of tokens whose probability reaches topp (nucleus).
         temperature: Divides the log-probs before restricting and drawing; below 1 is sharper.
@@ -252,7 +265,7 @@ def sample(
     pick = functools.partial(
         _pick_sample, topk=topk, topp=topp, temperature=temperature, generator=generator
     )
-    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b)
+    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b, max_len)
     return _decode_paths(model, src, src_pad_mask, max_lens, pick, bos_id, eos_id)
 
 
@@ -373,6 +386,7 @@ def beam_search(
     eos_id: int,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    max_len: int | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch with beam search; the decoder runs on B' * K rows per step.
 
@@ -380,7 +394,8 @@ def beam_search(
     max length, where eos is forced; its rows then leave the state.
 
     Args:
-        model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b: As in ``greedy_search``.
+        model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b, max_len: As in
+            ``greedy_search``.
         beam: Number of live hypotheses per sentence, K.
         nbest: How many finished hypotheses to return per sentence, at most ``beam``.
         lenpen: Exponent of the GNMT length penalty; 0 ranks by raw log-prob, larger favours
@@ -396,7 +411,7 @@ def beam_search(
         raise ValueError(f"beam search needs 1 <= nbest <= beam, got nbest={nbest}, beam={beam}.")
     if src.size(0) == 0:
         return []
-    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b)
+    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b, max_len)
     n_steps, first_cap = int(max_lens.max()) + 1, int(max_lens.min())
     stepper = _Stepper(model, src, src_pad_mask, n_steps, beam, eos_id)
     beams = _init_beams(max_lens, beam)

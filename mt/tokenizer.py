@@ -76,11 +76,15 @@ class Tokenizer:
 
     def __init__(self, model_path: str | Path) -> None:
         self.path = Path(model_path)
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (OSError, RuntimeError) as exc:
+            raise MTError(f"{self.path} is not a readable SentencePiece model ({exc}).") from None
         specials = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
         if specials != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise ValueError(
-                f"{self.path}: special ids {specials} differ from pad/unk/bos/eos 0-3."
+            raise MTError(
+                f"{self.path}: special ids {specials} differ from the pad/unk/bos/eos ids 0-3 "
+                "that mt relies on; train it with `mt prepare`."
             )
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import IO, Any
 import torch
 from omegaconf import OmegaConf
 
-from mt.checkpoint import link_checkpoint, load_checkpoint, step_checkpoints
+from mt.checkpoint import link_checkpoint, load_checkpoint, remove_stale_temps, step_checkpoints
 from mt.config import PrepareConfig, TrainConfig, validate_train
 from mt.data import ParallelData
 from mt.errors import MTError, Stopped
@@ -87,9 +88,30 @@ def _copy_vocab(data_dir: Path, manifest: dict[str, Any], root: Path) -> dict[st
     return models
 
 
+def _check_vocab(paths: RunPaths, manifest: dict[str, Any]) -> None:
+    """Refuse to resume a run on another vocabulary, before its SentencePiece files are replaced.
+
+    Vocabulary sizes alone can agree by chance (8,000 pieces of another corpus); the hashes of
+    the SentencePiece models cannot.
+    """
+    ours = paths.root / "vocab.json"
+    wanted = {"models": manifest["spm"]["models"], "sha256": manifest["spm"]["sha256"]}
+    if ours.is_file() and json.loads(ours.read_text(encoding="utf-8")) != wanted:
+        raise MTError(
+            f"run_dir {paths.root} was trained on another vocabulary (its vocab.json differs from "
+            "the data_dir's SentencePiece model); use another run_dir, or the run's own data."
+        )
+    ours.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+
+
 def _resume_state(paths: RunPaths, model_args: dict[str, Any]) -> dict[str, Any] | None:
-    """The newest readable checkpoint of the run (last.pt, else step files), or None."""
-    candidates = [paths.last, *reversed(step_checkpoints(paths.checkpoints))]
+    """The newest readable checkpoint of the run (step files by step, then last.pt), or None.
+
+    A kill between writing step_N.pt and pointing last.pt at it leaves last.pt one step
+    behind, so the step files come first.
+    """
+    candidates = [*reversed(step_checkpoints(paths.checkpoints)), paths.last]
+    skipped = False
     for path in candidates:
         if not path.is_file():
             continue
@@ -97,6 +119,7 @@ def _resume_state(paths: RunPaths, model_args: dict[str, Any]) -> dict[str, Any]
             ckpt = load_checkpoint(path)
         except MTError as exc:
             log.warning("skipping %s: %s", path, exc)
+            skipped = True
             continue
         if ckpt.get("model_args") != model_args:
             raise MTError(
@@ -105,7 +128,7 @@ def _resume_state(paths: RunPaths, model_args: dict[str, Any]) -> dict[str, Any]
             )
         if "optimizer" not in ckpt:
             continue
-        if path != paths.last:
+        if skipped:
             log.warning("resuming from %s, the newest readable checkpoint", path)
         return ckpt
     return None
@@ -182,12 +205,18 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     if manifest is None:
         raise MTError(f"data_dir {data_dir} has no manifest.json; run `mt prepare` first.")
     paths = RunPaths(Path(cfg.run_dir))
-    _check_run_dir(paths)
-    lock = _lock_run_dir(paths.root) if dist.is_main else None  # noqa: F841 (held until exit)
+    lock = None  # rank 0 alone checks, locks and writes the run folder
     if dist.is_main:
+        _check_run_dir(paths)
+        lock = _lock_run_dir(paths.root)  # noqa: F841 (held until exit)
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temps(paths.checkpoints):
+            log.info("removed %s, left by a run that was killed while writing it", stale.name)
+        _check_vocab(paths, manifest)
         (paths.root / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         setup_logging(paths.root / "train.log", is_main=True)
+    if dist.world > 1:
+        torch.distributed.barrier()  # the folder is checked and cleaned before anyone reads it
     models = _copy_vocab(data_dir, manifest, paths.root) if dist.is_main else {}
     tokenizer = Tokenizer(models.get("tgt") or data_dir / manifest["spm"]["models"]["tgt"])
 

@@ -35,7 +35,7 @@ from mt.metrics import bleu
 from mt.runtime import Dist, all_reduce_max, all_reduce_sum, autocast
 from mt.search import greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from mt.tracking import Tracker
+from mt.tracking import Progress, Tracker
 
 log = logging.getLogger("mt.train")
 
@@ -259,6 +259,11 @@ class Trainer:
 
     def fit(self) -> TrainState:
         """Train until a limit is reached; validates and checkpoints every valid_every steps."""
+        show = None if self.dist.is_main else False  # a bar on rank 0's terminal only
+        with Progress(self.cfg.max_steps or None, self.state.step, show).active() as progress:
+            return self._fit(progress)
+
+    def _fit(self, progress: Progress) -> TrainState:
         cfg, state = self.cfg, self.state
         window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "grad_norm": 0.0, "steps": 0}
         session_start, elapsed_before = time.perf_counter(), state.elapsed_s
@@ -267,11 +272,14 @@ class Trainer:
             remaining = self._batches_from()
             for i in range(0, len(remaining) - cfg.update_freq + 1, cfg.update_freq):
                 group = [self.train_data.collate(ids) for ids in remaining[i : i + cfg.update_freq]]
+                step_start = time.perf_counter()
                 out = self.train_step(group)
                 state.batch_in_epoch += cfg.update_freq
                 if not self._count_bad_step(out):
                     continue
                 state.step += 1
+                step_s = time.perf_counter() - step_start
+                progress.step(out["loss"], out["tokens"] * self.dist.world / max(step_s, 1e-9))
                 state.elapsed_s = elapsed_before + time.perf_counter() - session_start
                 for key in ("loss", "nll", "tokens", "grad_norm"):
                     window[key] += out[key] * (out["tokens"] if key in ("loss", "nll") else 1)
@@ -372,7 +380,12 @@ def evaluate_split(
             loss, nll = loss_fn(batch.src, batch.src_pad_mask, batch.tgt_in, batch.tgt_out)
             if with_bleu:
                 found = greedy_search(
-                    model, batch.src, batch.src_pad_mask, bos_id=BOS_ID, eos_id=EOS_ID
+                    model,
+                    batch.src,
+                    batch.src_pad_mask,
+                    bos_id=BOS_ID,
+                    eos_id=EOS_ID,
+                    max_len=data.max_len - 1,  # the model's positions, bos included
                 )
                 texts = tokenizer.decode([h.tokens for h in found])
                 hyps.update(zip(batch.ids.tolist(), texts, strict=True))

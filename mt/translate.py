@@ -118,7 +118,13 @@ class Translator:
 
     def _search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
         d, mask = self.decode, src == PAD_ID
-        common = dict(bos_id=BOS_ID, eos_id=EOS_ID, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
+        common = dict(
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            max_len_a=d.max_len_a,
+            max_len_b=d.max_len_b,
+            max_len=self.run.max_len - 1,  # bos takes the first of the model's positions
+        )
         if d.sampling:
             found = sample(
                 self.run.model,

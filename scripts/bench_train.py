@@ -1,6 +1,7 @@
 """Training throughput of mt against a Hugging Face MarianMTModel of the same size, same batches.
 
     python scripts/bench_train.py [--presets small,base] [--precisions fp32,bf16] [--seconds 25]
+    python scripts/bench_train.py --device cuda --presets base,big     # on a GPU box
 
 Batches come from Multi30k (MT_MULTI30K, default ../shared/data/multi30k, joint 8k
 SentencePiece, at most 4,096 padded tokens per batch); without it, from a synthetic corpus.
@@ -29,7 +30,7 @@ from mt.loss import Seq2SeqLoss
 from mt.model import transformer
 from mt.optim import build_optimizer, build_scheduler
 from mt.prepare import run_prepare
-from mt.runtime import Dist, grad_scaler
+from mt.runtime import Dist, bf16_supported, grad_scaler
 from mt.tokenizer import PAD_ID
 from mt.tracking import Tracker
 from mt.trainer import Trainer
@@ -71,28 +72,40 @@ def matmul_flops_per_token(cfg: ModelConfig, vocab: int, src_tokens: int, tgt_to
     return 3 * forward / tgt_tokens
 
 
-def measure_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_peak(dtype: torch.dtype, device: torch.device, seconds: float = 3.0) -> float:
+    """Measured dense matmul FLOP/s of the device in `dtype` (the "peak" shares refer to)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     torch.mm(a, b)
+    _sync(device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)
         count += 1
+        if device.type == "cuda" and count % 10 == 0:
+            _sync(device)
+    _sync(device)
     return 2 * n**3 * count / (time.perf_counter() - start)
 
 
 class Ours:
     """mt's real Trainer.train_step."""
 
-    def __init__(self, cfg: ModelConfig, vocab: int, precision: str) -> None:
+    def __init__(self, cfg: ModelConfig, vocab: int, precision: str, device: torch.device) -> None:
         torch.manual_seed(0)
         model = transformer(**vars(cfg), src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=PAD_ID)
+        model.to(device)
         loss_fn = Seq2SeqLoss(model, 0.1, PAD_ID)
-        cpu = torch.device("cpu")
-        opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-8, 0.0, cpu)
+        opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-8, 0.0, device)
         self.trainer = Trainer(
-            model, loss_fn, opt, build_scheduler(opt, 4000), grad_scaler(precision, cpu),
-            None, None, None, Tracker(None), None, TrainLoopConfig(), cpu, precision, Dist(), {},
+            model, loss_fn, opt, build_scheduler(opt, 4000), grad_scaler(precision, device),
+            None, None, None, Tracker(None), None, TrainLoopConfig(), device, precision, Dist(), {},
         )  # fmt: skip
 
     def step(self, batch: Batch) -> None:
@@ -102,7 +115,7 @@ class Ours:
 class HuggingFace:
     """MarianMTModel of the same size: logits -> label-smoothed CE, torch AdamW, clipping."""
 
-    def __init__(self, cfg: ModelConfig, vocab: int, precision: str) -> None:
+    def __init__(self, cfg: ModelConfig, vocab: int, precision: str, device: torch.device) -> None:
         from transformers import MarianConfig, MarianMTModel
 
         torch.manual_seed(0)
@@ -114,12 +127,15 @@ class HuggingFace:
             scale_embedding=True, share_encoder_decoder_embeddings=True, pad_token_id=PAD_ID,
             decoder_start_token_id=2, eos_token_id=3,
         )  # fmt: skip
-        self.model = MarianMTModel(config).train()
+        self.model = MarianMTModel(config).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=5e-4, betas=(0.9, 0.98))
-        self.precision = precision
+        self.precision, self.device = precision, device
 
     def step(self, batch: Batch) -> None:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        batch = batch.to(self.device)
+        ctx = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
         with ctx:
             logits = self.model(
                 input_ids=batch.src,
@@ -136,31 +152,44 @@ class HuggingFace:
         self.opt.zero_grad(set_to_none=True)
 
 
-def run_for(system, batches: list[Batch], seconds: float, cursor: int) -> tuple[float, float, int]:
+def run_for(
+    system, batches: list[Batch], seconds: float, cursor: int, device: torch.device
+) -> tuple[float, float, int]:
     """Train until `seconds` pass; returns (target tokens, elapsed, next batch index)."""
+    _sync(device)
     tokens, start = 0.0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         batch = batches[cursor % len(batches)]
         system.step(batch)
         tokens += batch.n_tgt_tokens
         cursor += 1
+    _sync(device)
     return tokens, time.perf_counter() - start, cursor
 
 
 def compare(
-    preset: str, precision: str, batches: list[Batch], vocab: int, seconds: float, rounds: int
+    preset: str,
+    precision: str,
+    batches: list[Batch],
+    vocab: int,
+    seconds: float,
+    rounds: int,
+    device: torch.device,
 ) -> dict:
     cfg = model_config(preset)
-    systems = {"mt": Ours(cfg, vocab, precision), "hf": HuggingFace(cfg, vocab, precision)}
-    for system in systems.values():  # warm-up: allocator, oneDNN primitives
-        run_for(system, batches, 0.0, 0)
-        run_for(system, batches, 0.0, 1)
+    systems = {
+        "mt": Ours(cfg, vocab, precision, device),
+        "hf": HuggingFace(cfg, vocab, precision, device),
+    }
+    for system in systems.values():  # warm-up: allocator, oneDNN primitives / CUDA kernels
+        run_for(system, batches, 0.0, 0, device)
+        run_for(system, batches, 0.0, 1, device)
     totals = {name: [0.0, 0.0] for name in systems}
     cursors = dict.fromkeys(systems, 0)
     for _ in range(rounds):
         for name, system in systems.items():
             tokens, elapsed, cursors[name] = run_for(
-                system, batches, seconds / rounds, cursors[name]
+                system, batches, seconds / rounds, cursors[name], device
             )
             totals[name][0] += tokens
             totals[name][1] += elapsed
@@ -173,20 +202,25 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--seconds", type=float, default=24.0, help="per system, small preset")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{torch.backends.cpu.get_cpu_capability()}"
+    device = torch.device(args.device)
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
     )
+    print(f"torch {torch.__version__}, {where}")
     precisions = args.precisions.split(",")
-    bf16_native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    bf16_native = bf16_supported(device)
     if "bf16" in precisions and not bf16_native:
         # without AVX512-BF16 / AMX, oneDNN emulates bf16 matmuls hundreds of times slower
         print("bf16: this CPU has no native bf16 matmul (no AVX512-BF16/AMX); bf16 skipped")
         precisions.remove("bf16")
-    peaks = {p: measure_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {p: measure_peak(dtypes[p], device) for p in precisions}
     print("matmul peak: " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     with tempfile.TemporaryDirectory() as tmp:
         batches, vocab = load_batches(Path(tmp), 40)
@@ -202,7 +236,7 @@ def main() -> None:
         flops = matmul_flops_per_token(model_config(preset), vocab, src_tokens, tgt_tokens)
         seconds = args.seconds * (2.0 if preset != "small" else 1.0)
         for precision in precisions:
-            speed = compare(preset, precision, batches, vocab, seconds, rounds=3)
+            speed = compare(preset, precision, batches, vocab, seconds, 3, device)
             ratio = speed["mt"] / speed["hf"]
             share = {k: v * flops / peaks[precision] for k, v in speed.items()}
             print(

@@ -91,6 +91,21 @@ def test_translate_gives_one_output_per_input_line(translator, lines):
             assert hyps == []  # blank in, blank out
 
 
+def test_translate_long_lines_and_empty_files(overfit_run, tmp_path):
+    from mt.translate import translate_files
+
+    _, run, _ = overfit_run
+    cpu = torch.device("cpu")
+    translator = Translator(load_run(run, None, cpu), DecodeConfig(beam=2), cpu, "fp32")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    assert translate_files(translator, [str(tmp_path / "empty.txt")], str(tmp_path / "e.hyp")) == 0
+    assert (tmp_path / "e.hyp").read_bytes() == b""
+    long_lines = ["x" * 100_000, "the man " * 12_500, "\u202e" * 100_000]
+    (tmp_path / "long.txt").write_text("\n".join(long_lines) + "\n", encoding="utf-8")
+    assert translate_files(translator, [str(tmp_path / "long.txt")], str(tmp_path / "l.hyp")) == 3
+    assert len((tmp_path / "l.hyp").read_text(encoding="utf-8").splitlines()) == 3
+
+
 @FUZZ
 @given(text=hostile_text)
 def test_read_buffers_counts_lines_like_the_file_does(tmp_path_factory, text):

@@ -7,19 +7,24 @@ import time
 import pytest
 import torch
 
-from mt.checkpoint import load_checkpoint
+from mt.checkpoint import load_checkpoint, step_checkpoints
 from mt.errors import MTError
 from mt.loss import Seq2SeqLoss
 from mt.train import run_train
-from tests.conftest import train_config
+from tests.conftest import prepare_config, train_config, write_corpus
 from tests.test_cli import MT
 
 
 class _PoisonedLoss(Seq2SeqLoss):
-    """Returns a NaN loss on the calls listed in `bad_calls` (0-based, training calls only)."""
+    """Poisons the training calls listed in `bad_calls` (0-based; -1 poisons every call).
+
+    `mode` "nan_loss" makes the loss NaN; "inf_grad" keeps the loss finite and turns its
+    gradient, and so every parameter's gradient, into inf.
+    """
 
     bad_calls: set[int] = set()
     calls = 0
+    mode = "nan_loss"
 
     def forward(self, *args):
         loss, nll = super().forward(*args)
@@ -27,14 +32,23 @@ class _PoisonedLoss(Seq2SeqLoss):
             call = type(self).calls
             type(self).calls += 1
             if call in self.bad_calls or -1 in self.bad_calls:
-                loss = loss * float("nan")
+                if self.mode == "nan_loss":
+                    loss = loss * float("nan")
+                else:
+                    loss.register_hook(lambda grad: grad * float("inf"))
         return loss, nll
 
 
-def test_non_finite_steps_are_skipped_and_logged(prepared_dir, tmp_path, monkeypatch, caplog):
+def _poison(monkeypatch, bad_calls, mode="nan_loss"):
     monkeypatch.setattr("mt.train.Seq2SeqLoss", _PoisonedLoss)
-    monkeypatch.setattr(_PoisonedLoss, "bad_calls", {1, 2})
+    monkeypatch.setattr(_PoisonedLoss, "bad_calls", bad_calls)
     monkeypatch.setattr(_PoisonedLoss, "calls", 0)
+    monkeypatch.setattr(_PoisonedLoss, "mode", mode)
+
+
+@pytest.mark.parametrize("mode", ["nan_loss", "inf_grad"])
+def test_non_finite_steps_are_skipped_and_logged(prepared_dir, tmp_path, monkeypatch, mode):
+    _poison(monkeypatch, {1, 2}, mode)
     results = run_train(
         train_config(prepared_dir, tmp_path / "r", "train.max_steps=4", "train.valid_bleu=false")
     )
@@ -42,11 +56,28 @@ def test_non_finite_steps_are_skipped_and_logged(prepared_dir, tmp_path, monkeyp
     assert _PoisonedLoss.calls == 6
     ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "step 2: non-finite loss or gradient" in log and "update skipped (1 in a row)" in log
+    assert "update skipped (2 in a row)" in log
+
+
+def test_non_finite_steps_lower_the_fp16_loss_scale(prepared_dir, tmp_path, monkeypatch):
+    # fp16 needs CUDA; the scaler's bookkeeping is the same on CPU, so run an enabled one there
+    monkeypatch.setattr(
+        "mt.train.grad_scaler",
+        lambda precision, device: torch.amp.GradScaler("cpu", init_scale=1024.0),
+    )
+    _poison(monkeypatch, {1, 2}, "inf_grad")
+    results = run_train(
+        train_config(prepared_dir, tmp_path / "r", "train.max_steps=3", "train.valid_bleu=false")
+    )
+    assert results["step"] == 3
+    scaler = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["scaler"]
+    assert scaler["scale"] == 1024.0 * 0.5 * 0.5  # halved once per skipped step
 
 
 def test_too_many_non_finite_steps_stop_the_run(prepared_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("mt.train.Seq2SeqLoss", _PoisonedLoss)
-    monkeypatch.setattr(_PoisonedLoss, "bad_calls", {-1})
+    _poison(monkeypatch, {-1})
     with pytest.raises(MTError, match="3 consecutive steps had a non-finite"):
         run_train(
             train_config(
@@ -80,14 +111,16 @@ def _wait_for(path, proc, timeout=120):
         time.sleep(0.2)
 
 
-def test_sigterm_checkpoints_and_says_how_to_resume(prepared_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stop_signal_checkpoints_and_says_how_to_resume(prepared_dir, tmp_path, sig):
     run = tmp_path / "r"
     proc = _start_train(prepared_dir, run, "train.max_steps=100000", "train.valid_every=0")
     _wait_for(run / "train.log", proc)
     time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {signal.Signals(sig).name} at step" in err
     assert "Run the same command again to resume" in err
     step = load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["step"]
     assert step > 0
@@ -185,6 +218,20 @@ def test_another_architecture_is_refused_on_resume(prepared_dir, tmp_path):
         _train_small_run(prepared_dir, run, 2, "model.d_ff=128")
 
 
+def test_another_vocabulary_of_any_size_is_refused_on_resume(prepared_dir, tmp_path):
+    from mt.prepare import run_prepare
+
+    run = tmp_path / "r"
+    _train_small_run(prepared_dir, run, 1)
+    spm_before = (run / "spm.model").read_bytes()
+    other = tmp_path / "other"
+    corpus = write_corpus(other / "corpus", {"train": 200, "valid": 10, "test": 10})
+    run_prepare(prepare_config(corpus, other / "data"))
+    with pytest.raises(MTError, match="was trained on another vocabulary"):
+        _train_small_run(other / "data", run, 2)
+    assert (run / "spm.model").read_bytes() == spm_before  # the run's own files are untouched
+
+
 def test_disk_full_keeps_the_previous_checkpoint(prepared_dir, tmp_path, monkeypatch):
     import errno
 
@@ -208,7 +255,17 @@ def test_disk_full_keeps_the_previous_checkpoint(prepared_dir, tmp_path, monkeyp
 # ---------------------------------------------------------------- kill -9 at any moment
 
 
+def _newest_step(run):
+    steps = step_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else []
+    return int(steps[-1].stem.split("_")[1]) if steps else 0
+
+
 def test_kill_anywhere_then_resume_gives_the_uninterrupted_weights(prepared_dir, tmp_path):
+    """kill -9 at random moments (mid-step and mid-write), resume, and compare with no kills.
+
+    Each kill waits for the run to pass a randomly drawn step, then a random few milliseconds
+    more, so kills land in training and in checkpoint writes (one is written every step) alike.
+    """
     import os
     import random
 
@@ -217,19 +274,30 @@ def test_kill_anywhere_then_resume_gives_the_uninterrupted_weights(prepared_dir,
     reference = tmp_path / "ref"
     ref = _start_train(prepared_dir, reference, *common)
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
-    run, rng, kills = tmp_path / "killed", random.Random(0), 0
+    run, rng, kills = tmp_path / "killed", random.Random(0), []
     for _ in range(int(os.environ.get("MT_KILL_LOOPS", "3"))):
+        done = _newest_step(run)
+        if done >= steps - 1:
+            break
+        target = rng.randint(done + 1, steps - 1)
         proc = _start_train(prepared_dir, run, *common)
-        time.sleep(rng.uniform(2.0, 6.0))  # start-up is ~2 s: kills land in steps and writes
-        if proc.poll() is None:
+        while proc.poll() is None and _newest_step(run) < target:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
+        killed = proc.poll() is None
+        if killed:
             proc.kill()
-            kills += 1
         proc.wait()
+        if killed:
+            kills.append(_newest_step(run))  # the newest complete step file it left
         for path in (run / "checkpoints").glob("*.pt"):
             load_checkpoint(path)  # every visible checkpoint is complete and readable
     final = _start_train(prepared_dir, run, *common)
-    assert final.wait(timeout=300) == 0, final.stderr.read()
-    assert kills > 0
+    _, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    assert kills, "every run finished before it could be killed"
+    assert f"resuming {run} from step {kills[-1]}" in err  # the newest complete checkpoint
+    assert not list((run / "checkpoints").glob(".*tmp*"))  # killed writes were swept up
     a = load_checkpoint(reference / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

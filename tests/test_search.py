@@ -356,3 +356,36 @@ def test_real_model_beam_one_equals_greedy() -> None:
     assert [h.score for h in beam] == pytest.approx([h.score for h in greedy], abs=1e-4)
     wide = beam_search(model, src, mask, beam=4, nbest=4, **kwargs)
     assert all(1 <= len(hyps) <= 4 for hyps in wide)
+
+
+class _NeverEnds:
+    """A real model whose eos never wins: every output runs to its length cap."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
+        return self.model.encode(src, src_pad_mask)
+
+    def init_state(self, *args, **kwargs):
+        return self.model.init_state(*args, **kwargs)
+
+    def decode_step(self, tokens: Tensor, state) -> Tensor:
+        return self.model.decode_step(tokens, state).index_fill(1, torch.tensor([EOS]), -1e9)
+
+
+def test_outputs_never_outrun_the_models_positions() -> None:
+    from mt.model import transformer
+
+    torch.manual_seed(0)
+    args = dict(src_vocab_size=24, tgt_vocab_size=24, d_model=16, n_heads=2, d_ff=32)
+    model = _NeverEnds(transformer(**args, n_layers_enc=1, n_layers_dec=1, max_positions=8).eval())
+    src, mask = batch([7, 3])
+    src = torch.randint(4, 24, src.shape).masked_fill(mask, PAD)
+    # a * 7 + b = 31 tokens asked for, but 8 positions hold bos + 7 tokens
+    kwargs = {"bos_id": BOS, "eos_id": EOS, "max_len_a": 3.0, "max_len_b": 10, "max_len": 7}
+    assert [len(h.tokens) for h in greedy_search(model, src, mask, **kwargs)] == [7, 7]
+    found = beam_search(model, src, mask, beam=3, **kwargs)
+    assert [len(hyps[0].tokens) for hyps in found] == [7, 7]
+    with pytest.raises(IndexError):  # what the cap prevents
+        greedy_search(model, src, mask, **{**kwargs, "max_len": None})

@@ -44,3 +44,18 @@ def test_vocabulary_smaller_than_the_alphabet_names_the_keys(tmp_path):
     lines = [" ".join(alphabet[i : i + 20]) for i in range(0, 400, 20)]
     with pytest.raises(MTError, match=r"spm\.vocab_size=300 is smaller than the \d+ distinct"):
         train_sentencepiece(lines, tmp_path / "spm", vocab_size=300)
+
+
+def test_foreign_or_broken_models_are_clear_errors(tmp_path):
+    import sentencepiece as spm
+
+    (tmp_path / "broken.model").write_bytes(b"not a model")
+    with pytest.raises(MTError, match="is not a readable SentencePiece model"):
+        Tokenizer(tmp_path / "broken.model")
+    en, _ = make_pairs(200, seed=2)  # SentencePiece's own default ids: unk 0, bos 1, eos 2
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(en), model_prefix=str(tmp_path / "foreign"), vocab_size=40,
+        minloglevel=2,
+    )  # fmt: skip
+    with pytest.raises(MTError, match="special ids .* differ from the pad/unk/bos/eos ids 0-3"):
+        Tokenizer(tmp_path / "foreign.model")

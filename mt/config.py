@@ -253,7 +253,7 @@ class TranslateConfig:
     device: str = "auto"
     """auto | cpu | cuda."""
     precision: str = "auto"
-    """auto | bf16 | fp16 | fp32 (auto: bf16 on a GPU that supports it, else fp32)."""
+    """auto | bf16 | fp16 | fp32 (auto: bf16 where the GPU or CPU has native bf16, else fp32)."""
     threads: int = 0
     """CPU threads for PyTorch; 0 keeps its default."""
 

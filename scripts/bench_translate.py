@@ -1,13 +1,15 @@
 """Decoding speed of mt against Hugging Face `generate` on a MarianMTModel of the same size.
 
     python scripts/bench_translate.py [--preset small] [--batches 2] [--length 24]
-                                      [--run-dir runs/multi30k_en_de]
+                                      [--precision auto] [--run-dir runs/multi30k_en_de]
 
 Both models get random weights, the same batches of 64 source sentences of equal length, and
 the same forced output length: end-of-sentence is suppressed, so beam search and greedy search
 run exactly `--length` steps in both. Prints sentences/s and target tokens/s for beam 5 and
-greedy, and the ratio ours / Hugging Face. With --run-dir, also times translating Multi30k
-test2016 (beam 5, batches of 64) with that run and reports its BLEU. The last line is JSON.
+greedy, and the ratio ours / Hugging Face, both in the same precision (auto: bf16 where this
+CPU multiplies bf16 natively, as `mt translate` picks; else fp32). With --run-dir, also times
+translating Multi30k test2016 (beam 5, batches of 64) with that run and reports its BLEU. The
+last line is JSON.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from omegaconf import OmegaConf
 
 from mt.config import DecodeConfig, ModelConfig
 from mt.model import transformer
+from mt.runtime import autocast, pick_precision
 from mt.search import beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from mt.translate import Translator, load_run
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 VOCAB = 8000
+CPU = torch.device("cpu")
 
 
 class NoEos(torch.nn.Module):
@@ -71,30 +75,32 @@ def build_hf(cfg: ModelConfig):
     return MarianMTModel(config).eval()
 
 
-def time_ours(model, batches, beam: int, length: int) -> float:
+def time_ours(model, batches, beam: int, length: int, precision: str) -> float:
     start = time.perf_counter()
     for src in batches:
         mask = src == PAD_ID
         common = dict(bos_id=BOS_ID, eos_id=EOS_ID, max_len_a=0.0, max_len_b=length)
-        if beam == 1:
-            greedy_search(model, src, mask, **common)
-        else:
-            beam_search(model, src, mask, beam=beam, **common)
+        with autocast(precision, CPU):
+            if beam == 1:
+                greedy_search(model, src, mask, **common)
+            else:
+                beam_search(model, src, mask, beam=beam, **common)
     return time.perf_counter() - start
 
 
 @torch.inference_mode()
-def time_hf(model, batches, beam: int, length: int) -> float:
+def time_hf(model, batches, beam: int, length: int, precision: str) -> float:
     start = time.perf_counter()
     for src in batches:
-        model.generate(
-            input_ids=src, attention_mask=src != PAD_ID, num_beams=beam, do_sample=False,
-            max_new_tokens=length + 1, min_new_tokens=length + 1, suppress_tokens=[EOS_ID],
-        )  # fmt: skip
+        with autocast(precision, CPU):
+            model.generate(
+                input_ids=src, attention_mask=src != PAD_ID, num_beams=beam, do_sample=False,
+                max_new_tokens=length + 1, min_new_tokens=length + 1, suppress_tokens=[EOS_ID],
+            )  # fmt: skip
     return time.perf_counter() - start
 
 
-def synthetic_speed(args) -> dict:
+def synthetic_speed(args, precision: str) -> dict:
     torch.manual_seed(0)
     cfg = model_config(args.preset)
     ours = NoEos(transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval())
@@ -103,11 +109,11 @@ def synthetic_speed(args) -> dict:
     sentences = 64 * args.batches
     out = {}
     for beam in (5, 1):
-        time_ours(ours, batches[:1], beam, 4)  # warm-up
-        time_hf(hf, batches[:1], beam, 4)
+        time_ours(ours, batches[:1], beam, 4, precision)  # warm-up
+        time_hf(hf, batches[:1], beam, 4, precision)
         t_ours, t_hf = (
-            time_ours(ours, batches, beam, args.length),
-            time_hf(hf, batches, beam, args.length),
+            time_ours(ours, batches, beam, args.length, precision),
+            time_hf(hf, batches, beam, args.length, precision),
         )
         tokens = sentences * (args.length + 1)
         name = "beam5" if beam == 5 else "greedy"
@@ -125,17 +131,16 @@ def synthetic_speed(args) -> dict:
     return out
 
 
-def test_set_speed(run_dir: Path, corpus: Path) -> dict:
+def test_set_speed(run_dir: Path, corpus: Path, precision: str) -> dict:
     """Translate test2016 with a trained run (beam 5, batches of 64) and score it."""
     with gzip.open(corpus / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as f:
         src = f.read().splitlines()
     with gzip.open(corpus / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
         ref = f.read().splitlines()
-    cpu = torch.device("cpu")
-    run = load_run(run_dir, None, cpu)
+    run = load_run(run_dir, None, CPU)
     out = {}
     for beam in (5, 1):
-        translator = Translator(run, DecodeConfig(beam=beam, batch_size=64), cpu, "fp32")
+        translator = Translator(run, DecodeConfig(beam=beam, batch_size=64), CPU, precision)
         times = []
         for _ in range(3):
             start = time.perf_counter()
@@ -164,11 +169,16 @@ def main() -> None:
         type=Path,
         default=Path(os.environ.get("MT_MULTI30K", "../shared/data/multi30k")),
     )
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}")
-    results = synthetic_speed(args)
+    precision = pick_precision(args.precision, CPU)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, "
+        f"{precision} (both systems)"
+    )
+    results = {"precision": precision, **synthetic_speed(args, precision)}
     if args.run_dir:
-        results.update(test_set_speed(args.run_dir, args.multi30k))
+        results.update(test_set_speed(args.run_dir, args.multi30k, precision))
     print(json.dumps(results))
 
 

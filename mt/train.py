@@ -92,11 +92,12 @@ def _check_vocab(paths: RunPaths, manifest: dict[str, Any]) -> None:
     """Refuse to resume a run on another vocabulary, before its SentencePiece files are replaced.
 
     Vocabulary sizes alone can agree by chance (8,000 pieces of another corpus); the hashes of
-    the SentencePiece models cannot.
+    the SentencePiece models cannot. A run with no checkpoint yet may switch data freely.
     """
     ours = paths.root / "vocab.json"
     wanted = {"models": manifest["spm"]["models"], "sha256": manifest["spm"]["sha256"]}
-    if ours.is_file() and json.loads(ours.read_text(encoding="utf-8")) != wanted:
+    trained = paths.last.is_file() or bool(step_checkpoints(paths.checkpoints))
+    if trained and ours.is_file() and json.loads(ours.read_text(encoding="utf-8")) != wanted:
         raise MTError(
             f"run_dir {paths.root} was trained on another vocabulary (its vocab.json differs from "
             "the data_dir's SentencePiece model); use another run_dir, or the run's own data."

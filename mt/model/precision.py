@@ -14,6 +14,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @functools.cache
@@ -49,6 +50,22 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return y.to(torch.bfloat16)
 
 
+def _slow_cpu_flash_backward(q: Tensor) -> bool:
+    """True when SDPA would run CPU flash attention in bf16 with a backward pass to follow.
+
+    The CPU flash kernel's bf16 backward is slow: on a 2-core AVX512-BF16 CPU, training the
+    `small` model reached 2,727 target tok/s with it and 3,129 with the math backend on the
+    same batches (`python scripts/bench_train.py --presets small --precisions bf16` shows the
+    whole step). In fp32, and without a backward (decoding), flash stays the faster choice.
+    """
+    return (
+        q.device.type == "cpu"
+        and q.dtype == torch.bfloat16
+        and q.requires_grad
+        and torch.is_grad_enabled()
+    )
+
+
 def attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, causal: bool
 ) -> Tensor:
@@ -66,6 +83,9 @@ def attention(
         Output [B, H, T, Dh].
     """
     sdpa = F.scaled_dot_product_attention
+    if _slow_cpu_flash_backward(q):
+        with sdpa_kernel(SDPBackend.MATH):
+            return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
     if not emulating_bf16(q):
         return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
     with torch.autocast("cpu", enabled=False):

@@ -59,3 +59,18 @@ def test_emulated_attention_matches_fp32_within_bf16_precision() -> None:
         out = precision.attention(q, k, v, mask, 0.0, False)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.02)
+
+
+def test_cpu_bf16_training_attention_takes_the_math_kernel_with_the_same_numbers() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 7, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    assert precision._slow_cpu_flash_backward(q)
+    assert not precision._slow_cpu_flash_backward(q.detach())  # decoding keeps flash
+    assert not precision._slow_cpu_flash_backward(q.detach().float().requires_grad_())
+    out = precision.attention(q, k, v, None, 0.0, True)
+    out.float().sum().backward()
+    q2, k2, v2 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    reference = F.scaled_dot_product_attention(q2, k2, v2, is_causal=True)
+    reference.sum().backward()
+    torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.02)
+    torch.testing.assert_close(q.grad.float(), q2.grad, atol=0.05, rtol=0.05)

@@ -48,6 +48,10 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 def link_checkpoint(src: Path, dst: Path) -> None:
     """Make `dst` the same file as `src` (hard link, else copy), atomically replacing `dst`."""
+    if dst.exists() and os.path.samefile(src, dst):
+        # already linked; and POSIX rename() of two links to one file is a no-op that would
+        # leave the temp link behind
+        return
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:

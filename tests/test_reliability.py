@@ -301,3 +301,14 @@ def test_kill_anywhere_then_resume_gives_the_uninterrupted_weights(prepared_dir,
     a = load_checkpoint(reference / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_relinking_the_same_checkpoint_leaves_no_temp_file(tmp_path):
+    from mt.checkpoint import link_checkpoint
+
+    src = tmp_path / "step_1.pt"
+    src.write_bytes(b"weights")
+    link_checkpoint(src, tmp_path / "final.pt")
+    link_checkpoint(src, tmp_path / "final.pt")  # a resumed run that links the same file again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.pt", "step_1.pt"]
+    assert (tmp_path / "final.pt").samefile(src)

@@ -83,15 +83,15 @@ def attention(
         Output [B, H, T, Dh].
     """
     sdpa = F.scaled_dot_product_attention
+    if emulating_bf16(q):  # fp32 kernels on bf16-rounded operands; flash's bf16 path is unused
+        with torch.autocast("cpu", enabled=False):
+            q, k, v = _round(q), _round(k), _round(v)
+            y = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+        return y.to(torch.bfloat16)
     if _slow_cpu_flash_backward(q):
         with sdpa_kernel(SDPBackend.MATH):
             return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
-    if not emulating_bf16(q):
-        return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
-    with torch.autocast("cpu", enabled=False):
-        q, k, v = _round(q), _round(k), _round(v)
-        y = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
-    return y.to(torch.bfloat16)
+    return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
 
 
 class Linear(nn.Linear):

@@ -18,6 +18,7 @@ from mt.errors import MTError
 
 FORMAT = "mt-checkpoint/1"
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+TEMP_MARK = ".tmp-"  # .<name>.tmp-<pid>: a write in progress, or one a killed process left
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -28,12 +29,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _temp_path(path: Path) -> Path:
+    """Where a write to `path` goes before its atomic rename: hidden, tagged with our pid."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` atomically: a temp file in the same folder, fsync, rename.
 
     A crash at any moment leaves either the previous file or the new one, never a partial one.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -52,7 +58,7 @@ def link_checkpoint(src: Path, dst: Path) -> None:
         # already linked; and POSIX rename() of two links to one file is a no-op that would
         # leave the temp link behind
         return
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = _temp_path(dst)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
@@ -87,7 +93,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 
     Only safe while holding the run's lock: no other process is writing to `folder` then.
     """
-    stale = sorted(folder.glob(".*.pt.tmp-*"))
+    stale = sorted(folder.glob(f".*.pt{TEMP_MARK}*"))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

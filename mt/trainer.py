@@ -354,7 +354,7 @@ class Trainer:
         )
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: see mt.search
 def evaluate_split(
     model: nn.Module,
     data: ParallelData,

@@ -88,7 +88,6 @@ def time_ours(model, batches, beam: int, length: int, precision: str) -> float:
     return time.perf_counter() - start
 
 
-@torch.inference_mode()
 def time_hf(model, batches, beam: int, length: int, precision: str) -> float:
     start = time.perf_counter()
     for src in batches:

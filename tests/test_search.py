@@ -134,6 +134,8 @@ def test_beam_batch_one_sentence_finishes_early() -> None:
                 (1, (Y, Y)): {EOS: 0.01, Y: 0.99},
                 (1, (Y, Y, Y)): {EOS: 0.1, X: 0.5, Y: 0.4},
                 (1, (X, Y, X)): {EOS: 1.0},
+                (1, (Y, Y, Y, X)): {EOS: 0.6, X: 0.4},
+                (1, (Y, Y, Y, Y)): {EOS: 0.9, Y: 0.1},
             }
         )
     )
@@ -143,8 +145,9 @@ def test_beam_batch_one_sentence_finishes_early() -> None:
     )
     # sentence 0
     # step 0: only row 0 expands: X .9, Y .1 -> both continue
-    # step 1: X-eos .9, Y-eos .06, YX .04: top-2 both end in eos -> done, rows dropped
+    # step 1: X-eos .9, Y-eos .06, YX .04: top-2 both end in eos
     #   [X]: log .9 = -0.10536, / (7/6) = -0.09031;  [Y]: log .06 = -2.81341, / (7/6) = -2.41149
+    #   YX ending next step scores at most log .04 / (8/6) = -2.41418 < -2.41149: done, rows dropped
     check(out[0][0], [X], 0.9, -0.09031)
     check(out[0][1], [Y], 0.06, -2.41149)
     # sentence 1
@@ -153,11 +156,16 @@ def test_beam_batch_one_sentence_finishes_early() -> None:
     # step 2: YYY .2673, XY-eos .168, XYX .112, YY-eos .0027
     #   -> finalize [X Y] log .168 = -1.78379, / (8/6) = -1.33784; continue YYY, XYX
     # step 3: YYYX .13365, XYX-eos .112, YYYY .10692, YYY-eos .02673
-    #   -> finalize [X Y X] log .112 = -2.18926, / (9/6) = -1.45950: 2 finished, done
+    #   -> finalize [X Y X] log .112 = -2.18926, / (9/6) = -1.45950: 2 finished, but YYYX
+    #   ending next step could score log .13365 / (10/6) = -1.20752 > -1.45950: go on
+    # step 4: YYYY-eos .096228, YYYX-eos .08019, YYYXX .05346, YYYYY .010692
+    #   -> finalize [Y Y Y Y] log .096228 = -2.34103, / (10/6) = -1.40462 (2nd best so far)
+    #   and [Y Y Y X] -2.52336 / (10/6) = -1.51401 (3rd); YYYXX can reach at most
+    #   log .05346 / (11/6) = -1.59754 < -1.40462: done
     check(out[1][0], [X, Y], 0.168, -1.33784)
-    check(out[1][1], [X, Y, X], 0.112, -1.45950)
+    check(out[1][1], [Y, Y, Y, Y], 0.096228, -1.40462)
     # 2 sentences x 2 beams, then sentence 0's rows leave the state after step 1
-    assert model.states[0].rows_per_step == [4, 4, 2, 2]
+    assert model.states[0].rows_per_step == [4, 4, 2, 2, 2]
 
 
 # step 0: X .5, eos .4, Y .1;  after X: eos .7, X .3;  after Y: eos 1.0

@@ -26,6 +26,7 @@ class KVCache:
         self.k = k
         self.v = v
         self.size = size
+        self._spare: tuple[Tensor, Tensor] | None = None  # reorder's second buffers
 
     @classmethod
     def empty(
@@ -89,21 +90,19 @@ class KVCache:
 
         Only the valid positions are moved; capacity is unchanged.
         """
-        self.k = self._gather(self.k, index)
-        self.v = self._gather(self.v, index)
-
-    def _gather(self, buf: Tensor, index: Tensor) -> Tensor:
-        """[N, H, L, Dh] -> [N', H, L, Dh]; positions >= size are left undefined."""
         if self.size == self.capacity:  # full (e.g. cross-attention): nothing to preserve
-            return buf.index_select(0, index)
-        rows = buf[:, :, : self.size].index_select(0, index)  # [N', H, size, Dh]
-        # Beam search reorders every step: reuse the buffer when it has enough rows.
-        if index.shape[0] <= buf.shape[0]:
-            buf = buf[: index.shape[0]]
-        else:
-            buf = buf.new_empty((index.shape[0], *buf.shape[1:]))
-        buf[:, :, : self.size] = rows
-        return buf
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+            return
+        if self._spare is None or self._spare[0].shape[0] < index.shape[0]:
+            self._spare = (self.k.new_empty(index.shape[0], *self.k.shape[1:]),
+                           self.v.new_empty(index.shape[0], *self.v.shape[1:]))  # fmt: skip
+        # Beam search reorders every step: gather the valid positions straight into a spare
+        # buffer (one copy, no temporary) and keep the old one as the next spare.
+        spare_k, spare_v = (buf[: index.shape[0]] for buf in self._spare)
+        torch.index_select(self.keys, 0, index, out=spare_k[:, :, : self.size])
+        torch.index_select(self.values, 0, index, out=spare_v[:, :, : self.size])
+        self._spare = (self.k, self.v)
+        self.k, self.v = spare_k, spare_v
 
     def reset(self) -> None:
         """Mark every position invalid (buffers are kept for reuse)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import cast
 
+import torch
 from torch import Tensor, nn
 
 from mt.model.cache import DecoderState, KVCache
@@ -186,10 +187,14 @@ class Seq2Seq(nn.Module):
         cross, selfs = [], []
         for layer in cast(list[DecoderLayer], self.decoder.layers):
             k, v = layer.cross_attn.project_kv(flat, packing)  # 2 x [B, H, S, Dh]
-            cross.append(KVCache.filled(k, v))
+            # Strided views of one [B, S, 2, H, Dh] buffer, made contiguous once here (else every
+            # step's batched matmul copies them); fp32 on CPU, where step attention runs in fp32
+            # (see mt.model.precision).
+            dtype = torch.float32 if k.device.type == "cpu" else k.dtype
+            cross.append(KVCache.filled(k.to(dtype).contiguous(), v.to(dtype).contiguous()))
             _, h, _, dh = k.shape
             n_rows = n_src * rows_per_source
-            selfs.append(KVCache.empty(n_rows, h, max_len, dh, dtype=k.dtype, device=k.device))
+            selfs.append(KVCache.empty(n_rows, h, max_len, dh, dtype=dtype, device=k.device))
         return DecoderState(selfs, cross, attend_mask(src_pad_mask), rows_per_source)
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:

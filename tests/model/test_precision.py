@@ -51,8 +51,8 @@ def test_emulated_linear_gradients_are_bf16_rounded() -> None:
 @needs_emulation
 def test_emulated_attention_matches_fp32_within_bf16_precision() -> None:
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 5, 8) for _ in range(3))
-    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    q, k, v = (torch.randn(2, 2, 12, 8) for _ in range(3))  # 12 queries: not a decoder step
+    mask = torch.ones(2, 1, 1, 12, dtype=torch.bool)
     mask[0, ..., 3:] = False
     reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -74,3 +74,24 @@ def test_cpu_bf16_training_attention_takes_the_math_kernel_with_the_same_numbers
     reference.sum().backward()
     torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.02)
     torch.testing.assert_close(q.grad.float(), q2.grad, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("autocasting", [False, True])
+def test_decoder_step_attention_by_matmul_matches_sdpa(monkeypatch, autocasting) -> None:
+    """One query per row, no grad: two fp32 matmuls instead of SDPA, same numbers."""
+    torch.manual_seed(0)
+    q = torch.randn(6, 4, 1, 16)
+    k, v = torch.randn(6, 4, 9, 16), torch.randn(6, 4, 9, 16)
+    mask = torch.ones(6, 1, 1, 9, dtype=torch.bool)
+    mask[2, ..., 4:] = False
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("a decoder step must not call SDPA")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_sdpa)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocasting):
+        out = precision.attention(q, k, v, mask, 0.0, False)
+    assert out.dtype == (torch.bfloat16 if autocasting else torch.float32)
+    tol = dict(atol=0.01, rtol=0.01) if autocasting else dict(atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.float(), reference, **tol)

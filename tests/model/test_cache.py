@@ -58,6 +58,22 @@ def test_reorder_permutes_and_drops_rows_keeping_capacity() -> None:
     torch.testing.assert_close(keys, torch.cat([k[index], new], dim=2), rtol=0, atol=0)
 
 
+def test_many_reorders_and_appends_match_a_reference() -> None:
+    """Beam search alternates append and reorder (the cache swaps two buffers): the valid
+    positions always equal a plain tensor gathered the same way."""
+    torch.manual_seed(0)
+    cache, reference = _empty(n=6, max_len=8), torch.empty(6, 2, 0, 4)
+    for rows in (6, 6, 5, 5, 3, 3, 2):
+        new = torch.randn(reference.shape[0], 2, 1, 4)
+        cache.append(new, 2 * new)
+        reference = torch.cat([reference, new], dim=2)
+        index = torch.randint(0, reference.shape[0], (rows,))
+        cache.reorder(index)
+        reference = reference[index]
+        torch.testing.assert_close(cache.keys, reference, rtol=0, atol=0)
+        torch.testing.assert_close(cache.values, 2 * reference, rtol=0, atol=0)
+
+
 def test_reset_empties_the_cache() -> None:
     cache = _empty()
     cache.append(torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4))

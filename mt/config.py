@@ -151,7 +151,8 @@ class TrainLoopConfig:
     warmup_steps: int = 4000
     """Linear warmup steps before the decay."""
     schedule: str = "inverse_sqrt"
-    """inverse_sqrt (lr * sqrt(warmup / step)) | linear (decays to 0 at train.max_steps)."""
+    """inverse_sqrt (lr * sqrt(warmup / step)) | linear (decays to 0 at train.max_steps, or sooner
+    where train.max_minutes ends the run first: at the pace so far, the steps that fit in it)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     """AdamW betas."""
     eps: float = 1e-8
@@ -343,10 +344,10 @@ def validate_train(cfg: TrainConfig) -> None:
     _check_choice("train.precision", t.precision, ("auto", "bf16", "fp16", "fp32"))
     _check_choice("train.device", t.device, ("auto", "cpu", "cuda"))
     _check_choice("train.schedule", t.schedule, ("inverse_sqrt", "linear"))
-    if t.schedule == "linear" and t.max_steps <= t.warmup_steps:
+    if t.schedule == "linear" and not t.max_minutes and t.max_steps <= t.warmup_steps:
         raise ConfigError(
             f"train.schedule=linear decays to 0 at train.max_steps, which must exceed "
-            f"train.warmup_steps={t.warmup_steps} (got {t.max_steps})."
+            f"train.warmup_steps={t.warmup_steps} (got {t.max_steps}), or by train.max_minutes."
         )
     for key in ("max_tokens", "update_freq", "lr"):
         _check_positive(f"train.{key}", getattr(t, key))

@@ -4,6 +4,7 @@ linear-warmup + inverse-square-root learning-rate schedule of Vaswani et al. 201
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -56,18 +57,32 @@ def inverse_sqrt(warmup_steps: int):
     return factor
 
 
-def linear_decay(warmup_steps: int, total_steps: int):
-    """lr multiplier: linear warmup to 1, then linear decay to 0 at `total_steps`.
+def linear_decay(
+    warmup_steps: int,
+    total_steps: int,
+    total_seconds: float = 0.0,
+    clock: Callable[[], float] | None = None,
+):
+    """lr multiplier: linear warmup to 1, then linear decay to 0 at the end of the budget.
 
     For fixed budgets: ending at a learning rate near zero gives a better final model than the
-    long tail of inverse-sqrt.
+    long tail of inverse-sqrt. The budget is `total_steps`, or, with `total_seconds` and a
+    `clock` (training seconds so far), the steps that fit in that time at the pace so far if
+    fewer: a run capped at N minutes then anneals by its last minute on a slow or busy machine
+    too (at the price of bit-exact reproducibility, since the pace is measured).
     """
 
     def factor(step: int) -> float:
         step = max(step, 1)
         if step < warmup_steps:
             return step / warmup_steps
-        return max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))
+        total = float(total_steps) if total_steps > 0 else math.inf
+        elapsed = clock() if clock is not None and total_seconds > 0 else 0.0
+        if elapsed > 0:
+            total = min(total, step * total_seconds / elapsed)  # steps that fit at this pace
+        if math.isinf(total):
+            return 1.0
+        return max(0.0, (total - step) / max(total - warmup_steps, 1.0))
 
     return factor
 
@@ -77,8 +92,11 @@ def build_scheduler(
     warmup_steps: int,
     name: str = "inverse_sqrt",
     total_steps: int = 0,
+    total_seconds: float = 0.0,
+    clock: Callable[[], float] | None = None,
 ) -> LambdaLR:
-    """inverse_sqrt (Vaswani et al. 2017) or linear (decays to 0 at total_steps)."""
+    """inverse_sqrt (Vaswani et al. 2017) or linear (decays to 0 at the end of the budget:
+    total_steps, or the steps that fit in total_seconds by `clock`, whichever is fewer)."""
     if name == "linear":
-        return LambdaLR(optimizer, linear_decay(warmup_steps, total_steps))
+        return LambdaLR(optimizer, linear_decay(warmup_steps, total_steps, total_seconds, clock))
     return LambdaLR(optimizer, inverse_sqrt(warmup_steps))

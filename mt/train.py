@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -135,7 +135,13 @@ def _resume_state(paths: RunPaths, model_args: dict[str, Any]) -> dict[str, Any]
     return None
 
 
-def _build(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device, dist: Dist):
+def _build(
+    cfg: TrainConfig,
+    manifest: dict[str, Any],
+    device: torch.device,
+    dist: Dist,
+    clock: Callable[[], float],
+):
     from mt.model import transformer
 
     model_args = _model_args(cfg, manifest)
@@ -151,7 +157,8 @@ def _build(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device, dis
         loss_fn = torch.compile(loss_fn)
     t = cfg.train
     optimizer = build_optimizer(model, t.lr, tuple(t.betas), t.eps, t.weight_decay, device)
-    scheduler = build_scheduler(optimizer, t.warmup_steps, t.schedule, t.max_steps)
+    seconds = t.max_minutes * 60
+    scheduler = build_scheduler(optimizer, t.warmup_steps, t.schedule, t.max_steps, seconds, clock)
     return model, loss_fn, optimizer, scheduler, model_args
 
 
@@ -229,7 +236,12 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         precision = pick_precision(cfg.train.precision, device)
     except (RuntimeError, ValueError) as exc:
         raise MTError(str(exc)) from None
-    model, loss_fn, optimizer, scheduler, model_args = _build(cfg, manifest, device, dist)
+
+    def clock() -> float:
+        """Training seconds so far (all ranks agree on it), for the linear schedule's budget."""
+        return trainer.state.elapsed_s
+
+    model, loss_fn, optimizer, scheduler, model_args = _build(cfg, manifest, device, dist, clock)
     seed_everything(cfg.train.seed + dist.rank)  # same init everywhere, own dropout per rank
     max_len = cfg.model.max_positions
     valid = ParallelData(data_dir, "valid", max_len) if "valid" in manifest["splits"] else None

@@ -42,3 +42,35 @@ def test_linear_schedule_warms_up_then_reaches_zero_at_the_end():
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5)
     assert f(110) == 0.0 and f(200) == 0.0
+
+
+def test_linear_schedule_with_a_time_budget_decays_over_the_steps_that_fit():
+    elapsed = [0.0]
+    f = linear_decay(10, 1000, total_seconds=100.0, clock=lambda: elapsed[0])
+    elapsed[0] = 50.0  # 60 steps in 50 s: 120 steps fit in 100 s, far fewer than 1000
+    assert f(60) == pytest.approx((120 - 60) / (120 - 10))
+    elapsed[0] = 8.0  # at the end of warmup the decay starts from 1, whatever the pace
+    assert f(10) == pytest.approx(1.0)
+    elapsed[0] = 100.0  # the time is up: zero
+    assert f(90) == 0.0
+    elapsed[0] = 1.0  # a fast pace: 1000 * 100 steps would fit, so max_steps decides
+    assert f(10 + 495) == pytest.approx(0.5)
+    assert linear_decay(10, 0)(500) == 1.0  # no budget at all: constant after warmup
+
+
+def test_time_budgeted_run_ends_near_zero_learning_rate(prepared_dir, tmp_path):
+    from mt.checkpoint import load_checkpoint
+    from mt.train import run_train
+    from tests.conftest import train_config
+
+    cfg = train_config(
+        prepared_dir, tmp_path / "r", "train.max_steps=0", "train.max_minutes=0.04",
+        "train.schedule=linear", "train.warmup_steps=2", "train.lr=1e-3",
+        "train.valid_every=0", "train.valid_bleu=false",
+    )  # fmt: skip
+    results = run_train(cfg)
+    assert results["stop_reason"] == "reached train.max_minutes=0.04"
+    assert results["step"] > 5
+    lr = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    # the last update used the pace measured one step earlier: at most a step or two of lr left
+    assert 0.0 <= lr[0]["lr"] < 1e-3 * 3 / (results["step"] - 2)

@@ -344,7 +344,9 @@ def validate_train(cfg: TrainConfig) -> None:
     _check_choice("train.precision", t.precision, ("auto", "bf16", "fp16", "fp32"))
     _check_choice("train.device", t.device, ("auto", "cpu", "cuda"))
     _check_choice("train.schedule", t.schedule, ("inverse_sqrt", "linear"))
-    if t.schedule == "linear" and not t.max_minutes and t.max_steps <= t.warmup_steps:
+    too_short = 0 < t.max_steps <= t.warmup_steps
+    unbounded = t.max_steps <= 0 and t.max_minutes <= 0
+    if t.schedule == "linear" and (too_short or unbounded):
         raise ConfigError(
             f"train.schedule=linear decays to 0 at train.max_steps, which must exceed "
             f"train.warmup_steps={t.warmup_steps} (got {t.max_steps}), or by train.max_minutes."

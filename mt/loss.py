@@ -66,7 +66,8 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
         rows = max(1, CHUNK_ELEMENTS // vocab)
         # needs_input_grad ignores no_grad (e.g. validation): the caller passes the grad mode
         want_grad = grad_mode and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
-        grad_h = torch.empty_like(h) if want_grad else None  # [N, D]
+        grad_dtype = torch.float32 if low == torch.float16 else h.dtype
+        grad_h = torch.empty_like(h, dtype=grad_dtype) if want_grad else None  # [N, D]
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_grad else None
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         nll = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -82,6 +83,10 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
                     continue
                 grad = lprobs.exp_().sub_(epsilon / vocab)  # softmax - eps / V
                 grad.scatter_add_(1, t_c, grad.new_full(t_c.shape, epsilon - 1.0))
+                if low == torch.float16:  # unscaled small gradients would underflow in fp16
+                    torch.mm(grad, w.float(), out=grad_h[start:end])
+                    grad_w += grad.T @ h_c.float()
+                    continue
                 if low is not None:
                     grad = grad.to(low).to(h.dtype)  # bf16 values; fp32 storage if emulated
                 torch.mm(grad, w, out=grad_h[start:end])

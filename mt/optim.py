@@ -69,7 +69,9 @@ def linear_decay(
     long tail of inverse-sqrt. The budget is `total_steps`, or, with `total_seconds` and a
     `clock` (training seconds so far), the steps that fit in that time at the pace so far if
     fewer: a run capped at N minutes then anneals by its last minute on a slow or busy machine
-    too (at the price of bit-exact reproducibility, since the pace is measured).
+    too (at the price of bit-exact reproducibility, since the pace is measured). The pace
+    counts start-up and validation pauses, so an early estimate can be pessimistic and the
+    multiplier can rise a little again as the pace settles.
     """
 
     def factor(step: int) -> float:

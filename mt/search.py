@@ -357,9 +357,11 @@ def _advance(beams: _Beams, cands: _Candidates, step: int, lenpen: float) -> tup
     """Continue every unfinished sentence with its best K candidates that do not end in eos.
 
     A sentence leaves at its max length, or once its K best finished hypotheses all score at
-    least what its best live one would score if it ended at the next step (log-probs only fall;
-    Hugging Face's default stopping rule). fairseq stops at the first K finished instead, which
-    can drop a far better live hypothesis when weak ones end early, and so favours short output.
+    least what its best live one would score if it ended at the next step: Hugging Face's
+    default rule (``early_stopping=False``). It is exact for lenpen 0, since log-probs only
+    fall; with lenpen > 0 a longer ending divides by a larger penalty and could still win, so
+    it is a heuristic there. fairseq stops at the first K finished instead, which can drop a
+    far better live hypothesis when weak ones end early.
 
     Returns:
         The new beams, and rows [N'] of the current state to keep (repeats allowed) in the new
@@ -403,8 +405,9 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Translate a batch with beam search; the decoder runs on B' * K rows per step.
 
-    A sentence is done at its max length, where eos is forced, or once no live hypothesis can
-    still beat its ``beam`` best finished ones (see ``_advance``); its rows then leave the state.
+    A sentence is done at its max length, where eos is forced, or once its ``beam`` best finished
+    hypotheses outscore its best live one ended at the next step (see ``_advance``); its rows
+    then leave the state.
 
     Args:
         model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b, max_len: As in

@@ -237,9 +237,11 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     except (RuntimeError, ValueError) as exc:
         raise MTError(str(exc)) from None
 
+    trainer: Trainer | None = None
+
     def clock() -> float:
         """Training seconds so far (all ranks agree on it), for the linear schedule's budget."""
-        return trainer.state.elapsed_s
+        return 0.0 if trainer is None else trainer.state.elapsed_s
 
     model, loss_fn, optimizer, scheduler, model_args = _build(cfg, manifest, device, dist, clock)
     seed_everything(cfg.train.seed + dist.rank)  # same init everywhere, own dropout per rank

@@ -72,3 +72,15 @@ def test_select_targets_drops_padding():
     kept, target = select_targets(hidden, tgt, pad_id=0)
     assert target.tolist() == [5, 6, 7]
     assert kept.tolist() == [[0.0, 1.0], [2.0, 3.0], [6.0, 7.0]]
+
+
+def test_fp16_keeps_gradients_too_small_for_fp16():
+    """Under fp16 autocast the gradients are worked out before any loss scale: they stay fp32."""
+    hidden = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    weight = torch.tensor([[10.0, 0.0], [-12.0, 0.0], [0.0, 1.0]])  # token 1: p ~ 1e-10
+    target = torch.tensor([0, 0])
+    with torch.autocast("cpu", dtype=torch.float16):
+        _, _, _, grad_w = loss_and_grads(projected_label_smoothed_nll, hidden, weight, target, 0.0)
+    want = loss_and_grads(reference, hidden, weight, target, 0.0)[3]
+    assert 0 < want[1, 0] < 6e-8  # below fp16's smallest subnormal
+    torch.testing.assert_close(grad_w, want, rtol=1e-3, atol=0)

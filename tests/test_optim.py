@@ -65,7 +65,7 @@ def test_time_budgeted_run_ends_near_zero_learning_rate(prepared_dir, tmp_path):
 
     cfg = train_config(
         prepared_dir, tmp_path / "r", "train.max_steps=0", "train.max_minutes=0.04",
-        "train.schedule=linear", "train.warmup_steps=2", "train.lr=1e-3",
+        "train.schedule=linear", "train.warmup_steps=0", "train.lr=1e-3",
         "train.valid_every=0", "train.valid_bleu=false",
     )  # fmt: skip
     results = run_train(cfg)
@@ -73,4 +73,26 @@ def test_time_budgeted_run_ends_near_zero_learning_rate(prepared_dir, tmp_path):
     assert results["step"] > 5
     lr = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     # the last update used the pace measured one step earlier: at most a step or two of lr left
-    assert 0.0 <= lr[0]["lr"] < 1e-3 * 3 / (results["step"] - 2)
+    assert 0.0 <= lr[0]["lr"] < 1e-3 * 3 / results["step"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ok"),
+    [
+        (["train.max_steps=0", "train.max_minutes=5"], True),  # the time budget alone
+        (["train.max_steps=0", "train.max_minutes=0"], False),  # no budget to decay over
+        (["train.max_steps=3", "train.max_minutes=5"], False),  # ends inside warmup
+    ],
+)
+def test_linear_schedule_needs_a_budget_beyond_warmup(prepared_dir, tmp_path, overrides, ok):
+    from mt.config import ConfigError, validate_train
+    from tests.conftest import train_config
+
+    cfg = train_config(
+        prepared_dir, tmp_path / "r", "train.schedule=linear", "train.warmup_steps=4", *overrides
+    )
+    if ok:
+        validate_train(cfg)
+    else:
+        with pytest.raises(ConfigError, match="train.schedule=linear"):
+            validate_train(cfg)

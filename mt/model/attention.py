@@ -53,11 +53,18 @@ class _Attention(nn.Module):
         return tuple(part.transpose(1, 2) for part in parts)
 
     def _attend(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, packing: Packing
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        causal: bool,
+        packing: Packing,
+        incremental: bool = False,
     ) -> Tensor:
         """q [B, H, T, Dh], k/v [B, H, S, Dh], bool mask (True = attend) -> packed [N, D]."""
         p = self.attn_dropout if self.training else 0.0
-        y = attention(q, k, v, mask, p, causal)
+        y = attention(q, k, v, mask, p, causal, incremental and not self.training)
         # [B, H, T, Dh] -> [B, T, H, Dh] -> [B, T, D]; the CPU flash kernel returns a transposed
         # view of a [B, T, H, Dh] buffer, so this reshape is free.
         y = y.transpose(1, 2).reshape(packing.batch, packing.length, -1)
@@ -95,7 +102,7 @@ class SelfAttention(_Attention):
         q, k, v = self._split(packing.unpack(self.qkv(x)), 3)  # [N, 3D] -> 3 x [B, H, T, Dh]
         if cache is not None:
             k, v = cache.append(k, v)
-        return self._attend(q, k, v, mask, causal, packing)
+        return self._attend(q, k, v, mask, causal, packing, incremental=cache is not None)
 
 
 class CrossAttention(_Attention):
@@ -113,7 +120,13 @@ class CrossAttention(_Attention):
         return k, v
 
     def forward(
-        self, x: Tensor, packing: Packing, k: Tensor, v: Tensor, mask: Tensor | None
+        self,
+        x: Tensor,
+        packing: Packing,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        incremental: bool = False,
     ) -> Tensor:
         """Attend from decoder positions to the memory.
 
@@ -123,9 +136,10 @@ class CrossAttention(_Attention):
             k: Memory keys [B, H, S, Dh] from `project_kv` (or a cross-attention cache).
             v: Memory values [B, H, S, Dh].
             mask: Bool [B, 1, 1, S], True where the memory is a real token; None if all are.
+            incremental: A decoder step (the memory's K/V come from a cache).
 
         Returns:
             Packed output [N, D].
         """
         (q,) = self._split(packing.unpack(self.q(x)), 1)  # [N, D] -> [B, H, T, Dh]
-        return self._attend(q, k, v, mask, False, packing)
+        return self._attend(q, k, v, mask, False, packing, incremental)

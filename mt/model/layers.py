@@ -217,12 +217,13 @@ class DecoderLayer(nn.Module):
             Packed output [N, D].
         """
         causal = cache is None
+        step = not causal  # incremental decoding
         k, v = memory_kv
         cp = cross_packing or packing
         if self.norm_first:
             x = x + self.dropout(self.self_attn(self.norm1(x), packing, None, causal, cache))
-            x = x + self.dropout(self.cross_attn(self.norm2(x), cp, k, v, memory_mask))
+            x = x + self.dropout(self.cross_attn(self.norm2(x), cp, k, v, memory_mask, step))
             return x + self.dropout(self.ffn(self.norm3(x)))
         x = self.norm1(x + self.dropout(self.self_attn(x, packing, None, causal, cache)))
-        x = self.norm2(x + self.dropout(self.cross_attn(x, cp, k, v, memory_mask)))
+        x = self.norm2(x + self.dropout(self.cross_attn(x, cp, k, v, memory_mask, step)))
         return self.norm3(x + self.dropout(self.ffn(x)))

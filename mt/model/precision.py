@@ -66,11 +66,6 @@ def _slow_cpu_flash_backward(q: Tensor) -> bool:
     )
 
 
-def _decoding_step(q: Tensor) -> bool:
-    """True for CPU attention with a few queries per row and no backward (a decoder step)."""
-    return q.device.type == "cpu" and q.shape[-2] <= 8 and not q.requires_grad
-
-
 def _attention_by_matmul(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """softmax(q k^T / sqrt(Dh)) v as two fp32 batched matmuls, in the dtype SDPA would return.
 
@@ -91,7 +86,13 @@ def _attention_by_matmul(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, causal: bool
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    dropout_p: float,
+    causal: bool,
+    incremental: bool = False,
 ) -> Tensor:
     """F.scaled_dot_product_attention, bf16-emulated where `emulating_bf16`.
 
@@ -102,12 +103,14 @@ def attention(
         mask: Bool, True = attend, broadcastable to [B, H, T, S]; or None.
         dropout_p: Attention dropout probability.
         causal: Use SDPA's implicit causal mask (T == S).
+        incremental: A decoder step over cached keys and values (no dropout, no backward): on
+            CPU it takes `_attention_by_matmul`.
 
     Returns:
         Output [B, H, T, Dh].
     """
     sdpa = F.scaled_dot_product_attention
-    if _decoding_step(q) and dropout_p == 0.0 and not causal:
+    if incremental and q.device.type == "cpu":
         return _attention_by_matmul(q, k, v, mask)
     if emulating_bf16(q):  # fp32 kernels on bf16-rounded operands; flash's bf16 path is unused
         with torch.autocast("cpu", enabled=False):

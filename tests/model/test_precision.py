@@ -78,7 +78,7 @@ def test_cpu_bf16_training_attention_takes_the_math_kernel_with_the_same_numbers
 
 @pytest.mark.parametrize("autocasting", [False, True])
 def test_decoder_step_attention_by_matmul_matches_sdpa(monkeypatch, autocasting) -> None:
-    """One query per row, no grad: two fp32 matmuls instead of SDPA, same numbers."""
+    """A decoder step on CPU: two fp32 matmuls instead of SDPA, same numbers."""
     torch.manual_seed(0)
     q = torch.randn(6, 4, 1, 16)
     k, v = torch.randn(6, 4, 9, 16), torch.randn(6, 4, 9, 16)
@@ -91,7 +91,7 @@ def test_decoder_step_attention_by_matmul_matches_sdpa(monkeypatch, autocasting)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", no_sdpa)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocasting):
-        out = precision.attention(q, k, v, mask, 0.0, False)
+        out = precision.attention(q, k, v, mask, 0.0, False, incremental=True)
     assert out.dtype == (torch.bfloat16 if autocasting else torch.float32)
     tol = dict(atol=0.01, rtol=0.01) if autocasting else dict(atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out.float(), reference, **tol)

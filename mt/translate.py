@@ -154,7 +154,7 @@ class Translator:
             src = torch.full((len(rows), int(lengths[batch].max())), PAD_ID, dtype=torch.long)
             for r, i in enumerate(rows):
                 src[r, : len(ids[i]) + 1] = torch.tensor([*ids[i], EOS_ID])
-            with torch.no_grad(), autocast(self.precision, self.device):  # see mt.search
+            with autocast(self.precision, self.device):  # search runs under no_grad itself
                 found = self._search(src.to(self.device))
             for i, hyps in zip(rows, found, strict=True):
                 texts = self.run.tgt_tok.decode([h.tokens for h in hyps])

@@ -85,6 +85,12 @@ def _attention_by_matmul(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -
     return y.to(torch.get_autocast_dtype("cpu") if autocasting else q.dtype)
 
 
+def step_cache_dtype(k: Tensor) -> torch.dtype:
+    """dtype to keep decoder-step K/V caches in: fp32 on CPU, where `_attention_by_matmul`
+    reads them in fp32 every step; the projections' own dtype elsewhere."""
+    return torch.float32 if k.device.type == "cpu" else k.dtype
+
+
 def attention(
     q: Tensor,
     k: Tensor,

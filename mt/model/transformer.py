@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import cast
 
-import torch
 from torch import Tensor, nn
 
 from mt.model.cache import DecoderState, KVCache
 from mt.model.layers import DecoderLayer, Embeddings, EncoderLayer
 from mt.model.packing import Packing
-from mt.model.precision import linear
+from mt.model.precision import linear, step_cache_dtype
 
 
 def attend_mask(src_pad_mask: Tensor) -> Tensor:
@@ -188,9 +187,8 @@ class Seq2Seq(nn.Module):
         for layer in cast(list[DecoderLayer], self.decoder.layers):
             k, v = layer.cross_attn.project_kv(flat, packing)  # 2 x [B, H, S, Dh]
             # Strided views of one [B, S, 2, H, Dh] buffer, made contiguous once here (else every
-            # step's batched matmul copies them); fp32 on CPU, where step attention runs in fp32
-            # (see mt.model.precision).
-            dtype = torch.float32 if k.device.type == "cpu" else k.dtype
+            # step's batched matmul copies them).
+            dtype = step_cache_dtype(k)
             cross.append(KVCache.filled(k.to(dtype).contiguous(), v.to(dtype).contiguous()))
             _, h, _, dh = k.shape
             n_rows = n_src * rows_per_source

@@ -168,3 +168,24 @@ def test_read_buffers_chunks_lines(tmp_path):
 def test_line_ends_inside_a_translation_become_spaces():
     text = "a\nb\rc\x0bd\x0ce\x1cf\x85g\u2028h\u2029i"
     assert one_line(text).splitlines() == ["a b c d e f g h i"]
+
+
+def test_input_is_normalized_as_the_training_data_was_prepared(tmp_path):
+    """A run trained with data_dir= normalizes input with the form its data was prepared with.
+
+    NFKC spells the ligature U+FB01 as "fi"; NFC keeps it. Training with `data_dir=` leaves the
+    train config's own `clean.normalize` at its default (NFC), which must not win.
+    """
+    import torch
+
+    from mt.prepare import run_prepare
+    from mt.train import run_train
+    from tests.conftest import prepare_config, train_config, write_corpus
+
+    corpus = write_corpus(tmp_path / "c", {"train": 60, "valid": 4, "test": 4})
+    run_prepare(prepare_config(corpus, tmp_path / "data", "clean.normalize=NFKC"))
+    run_train(train_config(tmp_path / "data", tmp_path / "run", "train.max_steps=1"))
+    run = load_run(tmp_path / "run", None, torch.device("cpu"))
+    assert run.normalize_form == "NFKC"
+    translator = Translator(run, DecodeConfig(), torch.device("cpu"), "fp32")
+    assert translator._encode(["\ufb01sh"], "<t>", 1) == translator._encode(["fish"], "<t>", 1)

@@ -24,11 +24,10 @@ from mt.clean import CleanReport, clean_split
 from mt.config import PrepareConfig, validate_prepare
 from mt.corpus import Corpus, InputFile, Pairs, load_hub, load_local, local_files
 from mt.errors import MTError
+from mt.manifest import FORMAT, Manifest, Vocab, read_manifest
 from mt.shards import flatten, token_dtype, write_shard
 from mt.tokenizer import Tokenizer, train_sentencepiece
 
-MANIFEST = "manifest.json"
-FORMAT = "mt-data/1"
 ENCODE_CHUNK = 100_000
 
 log = logging.getLogger("mt.prepare")
@@ -43,19 +42,7 @@ def _config_hash(cfg: PrepareConfig) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def read_manifest(out: Path) -> dict[str, Any] | None:
-    """The manifest of a data folder made by `mt prepare`, or None if there is none."""
-    path = out / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
-
-
-def _check_out_dir(out: Path) -> dict[str, Any] | None:
+def _check_out_dir(out: Path) -> Manifest | None:
     """Refuse a folder that holds something other than an earlier `mt prepare` output."""
     if out.exists() and not out.is_dir():
         raise MTError(f"out_dir {out} exists and is not a folder; choose another out_dir.")
@@ -81,10 +68,10 @@ def _same_inputs(recorded: list[dict[str, Any]], files: list[Path]) -> bool:
     return True
 
 
-def _up_to_date(manifest: dict[str, Any] | None, cfg: PrepareConfig, files: list[Path]) -> bool:
-    if manifest is None or manifest.get("config_hash") != _config_hash(cfg):
+def _up_to_date(manifest: Manifest | None, cfg: PrepareConfig, files: list[Path]) -> bool:
+    if manifest is None or manifest.config_hash != _config_hash(cfg):
         return False
-    return _same_inputs(manifest["source"].get("files", []), files)
+    return _same_inputs(manifest.source.get("files", []), files)
 
 
 def _clean(corpus: Corpus, cfg: PrepareConfig) -> tuple[dict[str, Pairs], dict[str, CleanReport]]:
@@ -156,28 +143,26 @@ def _encode(
     return stats
 
 
-def _install(build: Path, out: Path, old: dict[str, Any] | None, manifest: dict[str, Any]) -> None:
+def _install(build: Path, out: Path, old: Manifest | None, manifest: Manifest) -> None:
     """Move the new files into `out`, drop files only the old manifest owned, write the manifest."""
     out.mkdir(parents=True, exist_ok=True)
     for path in build.iterdir():
         os.replace(path, out / path.name)
-    for name in set(old["files"]) - set(manifest["files"]) if old else ():
+    for name in set(old.files) - set(manifest.files) if old else ():
         (out / name).unlink(missing_ok=True)
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    manifest.write(out)
 
 
-def _print_report(reports: dict[str, CleanReport], out: Path, manifest: dict[str, Any]) -> None:
+def _print_report(reports: dict[str, CleanReport], out: Path, manifest: Manifest) -> None:
     header = f"{'split':<6} {'read':>9} {'kept':>9}  dropped (train) / flagged (valid, test)"
     print(header)
     for split, r in reports.items():
         counts = r.dropped if split == "train" else r.flagged
         detail = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "-"
         print(f"{split:<6} {r.read:>9,} {r.kept:>9,}  {detail}")
-    t = manifest["timings_s"]
+    t = manifest.timings_s
     print(
-        f"wrote {out}: vocab {manifest['spm']['vocab_size']}, "
+        f"wrote {out}: vocab {manifest.spm.vocab_size}, "
         f"clean {t['clean']:.1f}s, sentencepiece {t['spm']:.1f}s, encode {t['encode']:.1f}s"
     )
 
@@ -186,7 +171,7 @@ def _load(cfg: PrepareConfig, files: dict[str, list[Path]] | None) -> Corpus:
     return load_hub(cfg.data) if files is None else load_local(cfg.data, files)
 
 
-def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
+def run_prepare(cfg: PrepareConfig) -> Manifest:
     """Build (or reuse) the data folder `cfg.out_dir`; returns its manifest."""
     validate_prepare(cfg)
     out = Path(cfg.out_dir)
@@ -195,13 +180,13 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     flat_files = [p for paths in (files or {}).values() for p in paths]
     if not cfg.force and files is not None and _up_to_date(old, cfg, flat_files):
         print(f"{out} is up to date (same inputs and settings); force=true rebuilds it.")
-        return old  # type: ignore[return-value]
+        return old  # type: ignore[return-value]  (up to date implies a manifest)
     threads = cfg.workers or os.cpu_count() or 1
     timings: dict[str, float] = {}
     start = time.perf_counter()
     corpus = _load(cfg, files)
-    if files is None and not cfg.force and old and old.get("config_hash") == _config_hash(cfg):
-        if old["source"].get("fingerprints") == corpus.fingerprints:
+    if files is None and not cfg.force and old and old.config_hash == _config_hash(cfg):
+        if old.source.get("fingerprints") == corpus.fingerprints:
             print(f"{out} is up to date (same dataset and settings); force=true rebuilds it.")
             return old
     timings["load"] = time.perf_counter() - start
@@ -232,7 +217,7 @@ def _manifest(
     models: dict[str, str],
     build: Path,
     timings: dict[str, float],
-) -> dict[str, Any]:
+) -> Manifest:
     source: dict[str, Any] = {"hub_id": cfg.data.hub_id, "hub_config": cfg.data.hub_config}
     if cfg.data.hub_id:
         source["fingerprints"] = corpus.fingerprints
@@ -240,24 +225,25 @@ def _manifest(
         source["path"] = str(Path(cfg.data.path or ".").resolve())
         source["files"] = [dataclasses.asdict(f.hash()) for f in corpus.inputs]
     tokenizers = {side: Tokenizer(build / name) for side, name in models.items()}
-    return {
-        "format": FORMAT,
-        "mt_version": __version__,
-        "source": source,
-        "direction": f"{cfg.data.src}-{cfg.data.tgt}",
-        "src": cfg.data.src,
-        "tgt": cfg.data.tgt,
-        "splits": stats,
-        "cleaning": {split: dataclasses.asdict(r) for split, r in reports.items()},
-        "spm": {
-            "joint": cfg.spm.joint,
-            "models": models,
-            "vocab_size": tokenizers["src"].vocab_size,
-            "tgt_vocab_size": tokenizers["tgt"].vocab_size,
-            "sha256": {side: tok.sha256() for side, tok in tokenizers.items()},
-        },
-        "files": sorted(p.name for p in build.iterdir()),
-        "config_hash": _config_hash(cfg),
-        "config": dataclasses.asdict(cfg),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-    }
+    return Manifest(
+        format=FORMAT,
+        mt_version=__version__,
+        source=source,
+        direction=f"{cfg.data.src}-{cfg.data.tgt}",
+        src=cfg.data.src,
+        tgt=cfg.data.tgt,
+        normalize=cfg.clean.normalize,
+        splits=stats,
+        cleaning={split: dataclasses.asdict(r) for split, r in reports.items()},
+        spm=Vocab(
+            joint=cfg.spm.joint,
+            models=models,
+            vocab_size=tokenizers["src"].vocab_size,
+            tgt_vocab_size=tokenizers["tgt"].vocab_size,
+            sha256={side: tok.sha256() for side, tok in tokenizers.items()},
+        ),
+        files=sorted(p.name for p in build.iterdir()),
+        config_hash=_config_hash(cfg),
+        config=dataclasses.asdict(cfg),
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+    )

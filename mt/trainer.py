@@ -1,7 +1,7 @@
 """Trainer: the training loop: mixed precision, accumulation, clipping, validation, checkpoints.
 
-The Trainer receives built objects (model, optimizer, data, tracker) and a TrainLoopConfig of
-scalars; `mt.train.run_train` builds them.
+The Trainer receives built objects (model, optimizer, data, tracker, run folder, clock) and a
+TrainLoopConfig of scalars; `mt.train.run_train` builds them, and tests can build them by hand.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,13 @@ from mt.checkpoint import (
     link_checkpoint,
     prune_checkpoints,
     save_checkpoint,
-    step_checkpoints,
 )
 from mt.config import TrainLoopConfig
 from mt.data import Batch, ParallelData, epoch_batches, eval_batches
 from mt.errors import MTError
 from mt.loss import Seq2SeqLoss
 from mt.metrics import bleu
+from mt.rundir import RunDir
 from mt.runtime import Dist, all_reduce_max, all_reduce_sum, autocast
 from mt.search import greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
@@ -54,30 +55,89 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class Stopwatch:
+    """Training seconds of a run across sessions, read by the trainer and the LR schedule.
+
+    It reads 0 until `resume` starts it, then what earlier sessions trained plus this
+    session's wall time as of the last `tick` (under DDP, the slowest rank's, after `agree`).
+    """
+
+    def __init__(self) -> None:
+        self.elapsed_s = 0.0
+        self._before = 0.0
+        self._start: float | None = None
+
+    def resume(self, elapsed_s: float) -> None:
+        """Start timing this session on top of `elapsed_s` seconds trained before."""
+        self._before, self._start, self.elapsed_s = elapsed_s, time.perf_counter(), elapsed_s
+
+    def tick(self) -> float:
+        """Read the clock: seconds trained so far, this session included."""
+        if self._start is not None:
+            self.elapsed_s = self._before + time.perf_counter() - self._start
+        return self.elapsed_s
+
+    def agree(self, device: torch.device) -> float:
+        """Take the largest reading over ranks, so every rank stops at the same step."""
+        self.elapsed_s = all_reduce_max(self.elapsed_s, device)
+        return self.elapsed_s
+
+    def __call__(self) -> float:
+        """The last reading (what `mt.optim.linear_decay` calls its clock)."""
+        return self.elapsed_s
+
+
 @dataclass
-class RunPaths:
-    """Files of a run folder."""
+class StepResult:
+    """One optimizer step: its loss and size, and whether the update was applied."""
 
-    root: Path
+    loss: float  # label-smoothed loss per target token
+    nll: float  # negative log-likelihood per target token
+    tokens: float  # target tokens on this rank
+    grad_norm: float  # before clipping
+    applied: bool  # False: a non-finite loss or gradient, the update was skipped
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
 
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
+@dataclass
+class _Window:
+    """Token-weighted sums of step results between two log lines."""
 
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
+    loss: float = 0.0
+    nll: float = 0.0
+    tokens: float = 0.0
+    grad_norm: float = 0.0
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, result: StepResult) -> None:
+        self.loss += result.loss * result.tokens
+        self.nll += result.nll * result.tokens
+        self.tokens += result.tokens
+        self.grad_norm += result.grad_norm
+        self.steps += 1
 
 
 class Trainer:
-    """The training loop over objects built by run_train."""
+    """The training loop over objects built by run_train.
+
+    Args:
+        model: The bare model (checkpoints and validation use it).
+        loss_fn: `Seq2SeqLoss` over the model, possibly wrapped in DDP or torch.compile.
+        optimizer, scheduler, scaler: The update rule; the scaler is active only for fp16.
+        train_data, valid_data: Splits to train on and validate on (None: no validation).
+        tokenizer: Target tokenizer, to detokenize validation translations for BLEU.
+        tracker: TensorBoard scalars (a no-op tracker on ranks other than 0).
+        run: The run folder checkpoints go to.
+        cfg: Loop scalars (batch size, cadence, limits).
+        device, precision: Where and in which precision to compute.
+        dist: This process' place in a torchrun job.
+        clock: Training seconds, shared with the LR schedule; a fresh one if None.
+        extra_state: Saved in every checkpoint as given (config, model args, vocabulary).
+    """
 
     def __init__(
         self,
+        *,
         model: nn.Module,
         loss_fn: nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -87,27 +147,34 @@ class Trainer:
         valid_data: ParallelData | None,
         tokenizer: Tokenizer,
         tracker: Tracker,
-        paths: RunPaths,
+        run: RunDir,
         cfg: TrainLoopConfig,
         device: torch.device,
         precision: str,
-        dist: Dist,
-        extra_state: dict[str, Any],
+        dist: Dist | None = None,
+        clock: Stopwatch | None = None,
+        extra_state: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.train_data, self.valid_data, self.tokenizer = train_data, valid_data, tokenizer
-        self.tracker, self.paths, self.cfg = tracker, paths, cfg
-        self.device, self.precision, self.dist = device, precision, dist
-        self.extra_state = extra_state  # config, model args, vocabulary: saved as they are
+        self.tracker, self.run, self.cfg = tracker, run, cfg
+        self.device, self.precision, self.dist = device, precision, dist or Dist()
+        self.clock = clock or Stopwatch()
+        self.extra_state = extra_state or {}
         self.state = TrainState()
         self.stop_reason = ""
-        self.stop_signal = ""  # set by a SIGTERM/SIGINT handler: checkpoint, then stop
+        self.stop_signal = ""  # set by request_stop (a signal handler): checkpoint, then stop
         self.bad_steps = 0
+        self._window = _Window()  # log scalars since the last log line
+
+    def request_stop(self, reason: str) -> None:
+        """Checkpoint and stop after the current step (safe to call from a signal handler)."""
+        self.stop_signal = reason
 
     # ------------------------------------------------------------------ one update
 
-    def train_step(self, batches: list[Batch]) -> dict[str, float]:
+    def train_step(self, batches: list[Batch]) -> StepResult:
         """Forward/backward over `batches` (accumulated), then clip and step once."""
         self.model.train()
         n_tokens = all_reduce_sum([float(sum(b.n_tgt_tokens for b in batches))], self.device)[0]
@@ -115,10 +182,9 @@ class Trainer:
         loss_sum = nll_sum = 0.0
         for i, batch in enumerate(batches):
             batch = batch.to(self.device)
-            last = i == len(batches) - 1
             no_sync = getattr(self.loss_fn, "no_sync", None)
-            sync_ctx = no_sync() if (no_sync and not last) else contextlib.nullcontext()
-            with sync_ctx:
+            last = i == len(batches) - 1
+            with no_sync() if (no_sync and not last) else contextlib.nullcontext():
                 with autocast(self.precision, self.device):
                     loss, nll = self.loss_fn(
                         batch.src, batch.src_pad_mask, batch.tgt_in, batch.tgt_out
@@ -136,13 +202,9 @@ class Trainer:
         if finite:
             self.scheduler.step()
         tokens = float(sum(b.n_tgt_tokens for b in batches))
-        return {
-            "loss": float(loss_sum) / tokens,
-            "nll": float(nll_sum) / tokens,
-            "tokens": tokens,
-            "grad_norm": float(grad_norm),
-            "finite": finite,
-        }
+        return StepResult(
+            float(loss_sum) / tokens, float(nll_sum) / tokens, tokens, float(grad_norm), finite
+        )
 
     # ------------------------------------------------------------------ validation
 
@@ -192,26 +254,103 @@ class Trainer:
         """Write step_<N>.pt, point last.pt (and best.pt) at it, prune old steps (rank 0)."""
         if not self.dist.is_main:
             return
-        self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
-        path = self.paths.checkpoints / f"step_{self.state.step}.pt"
+        run = self.run
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        path = run.step(self.state.step)
         try:
             save_checkpoint(self.state_dict(), path)
-            link_checkpoint(path, self.paths.last)
+            link_checkpoint(path, run.last)
             if is_best:
-                link_checkpoint(path, self.paths.best)
+                link_checkpoint(path, run.best)
         except OSError as exc:  # disk full, quota, read-only file system ...
             raise MTError(
                 f"cannot write checkpoint {path} ({exc.strerror or exc}); training stopped at "
-                f"step {self.state.step}, and {self.paths.last} still holds the previous one."
+                f"step {self.state.step}, and {run.last} still holds the previous one."
             ) from None
-        prune_checkpoints(self.paths.checkpoints, max(self.cfg.keep_last, self.cfg.average_last, 1))
+        prune_checkpoints(run.checkpoints, max(self.cfg.keep_last, self.cfg.average_last, 1))
 
     # ------------------------------------------------------------------ the loop
 
-    def _should_stop(self) -> bool:
-        cfg, state = self.cfg, self.state
+    def fit(self) -> TrainState:
+        """Train until a limit is reached; validates and checkpoints every valid_every steps."""
+        show = None if self.dist.is_main else False  # a bar on rank 0's terminal only
+        with Progress(self.cfg.max_steps or None, self.state.step, show).active() as progress:
+            return self._fit(progress)
+
+    def _fit(self, progress: Progress) -> TrainState:
+        state = self.state
+        self.clock.resume(state.elapsed_s)
+        self._window = _Window()
+        while not self._stopping():
+            if self._train_epoch(progress):
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if self.stop_signal:
+            self.save(is_best=False)
+            self.stop_reason = (
+                f"{self.stop_signal} received; checkpoint written at step {state.step}"
+            )
+            return state
+        if not state.history or state.history[-1]["step"] != state.step:
+            self._validate_and_save()
+        log.info(
+            "stopped: %s (step %d, epoch %d, %.1f min)",
+            self.stop_reason, state.step, state.epoch, state.elapsed_s / 60,
+        )  # fmt: skip
+        return state
+
+    def _train_epoch(self, progress: Progress) -> bool:
+        """Train on the rest of the current epoch; False if a limit or a signal cut it short."""
+        for group in self._remaining_groups():
+            step_start = time.perf_counter()
+            result = self.train_step(group)
+            self.state.batch_in_epoch += len(group)
+            if not self._count_bad_step(result):
+                continue
+            self.state.step += 1
+            step_s = time.perf_counter() - step_start
+            progress.step(result.loss, result.tokens * self.dist.world / max(step_s, 1e-9))
+            self._after_update(result)
+            if self._stopping():
+                return False
+        return True
+
+    def _after_update(self, result: StepResult) -> None:
+        """Advance the clock, log every log_every steps, validate every valid_every steps."""
+        state, cfg = self.state, self.cfg
+        self.clock.tick()
         if self.dist.world > 1:  # ranks must agree on the clock, or one would wait forever
-            state.elapsed_s = all_reduce_max(state.elapsed_s, self.device)
+            self.clock.agree(self.device)
+        state.elapsed_s = self.clock()
+        self._window.add(result)
+        if state.step % cfg.log_every == 0:
+            self._log_window(self._window)
+            self._window = _Window()
+        if cfg.valid_every and state.step % cfg.valid_every == 0:
+            paused = time.perf_counter()
+            self._validate_and_save()
+            self._window.start += time.perf_counter() - paused  # tokens/s: training time only
+
+    def _remaining_groups(self) -> Iterator[list[Batch]]:
+        """The rest of the current epoch's batches from the saved position, update_freq at a
+        time (a last group shorter than update_freq is left out)."""
+        cfg, state = self.cfg, self.state
+        batches = epoch_batches(
+            self.train_data, cfg.max_tokens, cfg.seed, state.epoch, self.dist.rank, self.dist.world
+        )
+        if len(batches) < cfg.update_freq:
+            raise MTError(
+                f"an epoch has {len(batches)} batches per process, fewer than "
+                f"train.update_freq={cfg.update_freq}: use more data or smaller batches."
+            )
+        remaining = batches[state.batch_in_epoch :]
+        for i in range(0, len(remaining) - cfg.update_freq + 1, cfg.update_freq):
+            yield [self.train_data.collate(ids) for ids in remaining[i : i + cfg.update_freq]]
+
+    def _stopping(self) -> bool:
+        """True once a stop signal came or a limit is reached (sets stop_reason)."""
+        if self.stop_signal:
+            return True
+        cfg, state = self.cfg, self.state
         if cfg.max_steps and state.step >= cfg.max_steps:
             self.stop_reason = f"reached train.max_steps={cfg.max_steps}"
         elif cfg.max_epochs and state.epoch >= cfg.max_epochs:
@@ -235,94 +374,21 @@ class Trainer:
             self.state.history.append({"step": self.state.step, **metrics})
             self.tracker.scalars(metrics, self.state.step)
             shown = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items())
+            best = " (best)" if is_best else ""
             log.info(
-                "step %d epoch %d | valid %s%s",
-                self.state.step,
-                self.state.epoch,
-                shown,
-                " (best)" if is_best else "",
+                "step %d epoch %d | valid %s%s", self.state.step, self.state.epoch, shown, best
             )
         self.save(is_best)
 
-    def _batches_from(self) -> list:
-        """The rest of the current epoch's batches, from the saved position on."""
-        cfg, state = self.cfg, self.state
-        batches = epoch_batches(
-            self.train_data, cfg.max_tokens, cfg.seed, state.epoch, self.dist.rank, self.dist.world
-        )
-        if len(batches) < cfg.update_freq:
-            raise MTError(
-                f"an epoch has {len(batches)} batches per process, fewer than "
-                f"train.update_freq={cfg.update_freq}: use more data or smaller batches."
-            )
-        return batches[state.batch_in_epoch :]
-
-    def fit(self) -> TrainState:
-        """Train until a limit is reached; validates and checkpoints every valid_every steps."""
-        show = None if self.dist.is_main else False  # a bar on rank 0's terminal only
-        with Progress(self.cfg.max_steps or None, self.state.step, show).active() as progress:
-            return self._fit(progress)
-
-    def _fit(self, progress: Progress) -> TrainState:
-        cfg, state = self.cfg, self.state
-        window = {"loss": 0.0, "nll": 0.0, "tokens": 0.0, "grad_norm": 0.0, "steps": 0}
-        session_start, elapsed_before = time.perf_counter(), state.elapsed_s
-        window_start = time.perf_counter()
-        while not self._should_stop() and not self.stop_signal:
-            remaining = self._batches_from()
-            for i in range(0, len(remaining) - cfg.update_freq + 1, cfg.update_freq):
-                group = [self.train_data.collate(ids) for ids in remaining[i : i + cfg.update_freq]]
-                step_start = time.perf_counter()
-                out = self.train_step(group)
-                state.batch_in_epoch += cfg.update_freq
-                if not self._count_bad_step(out):
-                    continue
-                state.step += 1
-                step_s = time.perf_counter() - step_start
-                progress.step(out["loss"], out["tokens"] * self.dist.world / max(step_s, 1e-9))
-                state.elapsed_s = elapsed_before + time.perf_counter() - session_start
-                for key in ("loss", "nll", "tokens", "grad_norm"):
-                    window[key] += out[key] * (out["tokens"] if key in ("loss", "nll") else 1)
-                window["steps"] += 1
-                if state.step % cfg.log_every == 0:
-                    self._log_window(window, time.perf_counter() - window_start)
-                    window = dict.fromkeys(window, 0.0)
-                    window_start = time.perf_counter()
-                if cfg.valid_every and state.step % cfg.valid_every == 0:
-                    paused = time.perf_counter()
-                    self._validate_and_save()
-                    window_start += time.perf_counter() - paused  # tokens/s: training time only
-                if self._should_stop() or self.stop_signal:
-                    break
-            else:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-        if self.stop_signal:
-            self.save(is_best=False)
-            self.stop_reason = (
-                f"{self.stop_signal} received; checkpoint written at step {state.step}"
-            )
-            return state
-        if not state.history or state.history[-1]["step"] != state.step:
-            self._validate_and_save()
-        log.info(
-            "stopped: %s (step %d, epoch %d, %.1f min)",
-            self.stop_reason,
-            state.step,
-            state.epoch,
-            state.elapsed_s / 60,
-        )
-        return state
-
-    def _count_bad_step(self, out: dict[str, float]) -> bool:
+    def _count_bad_step(self, result: StepResult) -> bool:
         """Track non-finite steps; True if this step counts (its update was applied)."""
-        if out["finite"]:
+        if result.applied:
             self.bad_steps = 0
             return True
         self.bad_steps += 1
         log.warning(
             "step %d: non-finite loss or gradient (loss %s, grad norm %s); update skipped "
-            "(%d in a row)", self.state.step + 1, out["loss"], out["grad_norm"], self.bad_steps,
+            "(%d in a row)", self.state.step + 1, result.loss, result.grad_norm, self.bad_steps,
         )  # fmt: skip
         if self.bad_steps >= self.cfg.max_bad_steps:
             raise MTError(
@@ -332,14 +398,14 @@ class Trainer:
             )
         return False
 
-    def _log_window(self, window: dict[str, float], seconds: float) -> None:
-        tokens = max(window["tokens"], 1.0)
+    def _log_window(self, window: _Window) -> None:
+        tokens, seconds = max(window.tokens, 1.0), time.perf_counter() - window.start
         scalars = {
-            "train/loss": window["loss"] / tokens,
-            "train/ppl": math.exp(min(window["nll"] / tokens, 50)),
+            "train/loss": window.loss / tokens,
+            "train/ppl": math.exp(min(window.nll / tokens, 50)),
             "train/lr": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": window["grad_norm"] / max(window["steps"], 1),
-            "train/tokens_per_s": window["tokens"] * self.dist.world / max(seconds, 1e-9),
+            "train/grad_norm": window.grad_norm / max(window.steps, 1),
+            "train/tokens_per_s": window.tokens * self.dist.world / max(seconds, 1e-9),
         }
         self.tracker.scalars(scalars, self.state.step)
         log.info(
@@ -401,12 +467,12 @@ def evaluate_split(
     return metrics
 
 
-def average_last(paths: RunPaths, n: int) -> Path | None:
+def average_last(run: RunDir, n: int) -> Path | None:
     """Average the last `n` step checkpoints into averaged.pt; None if fewer than 2 exist."""
-    steps = step_checkpoints(paths.checkpoints)[-n:]
+    steps = run.steps()[-n:]
     if len(steps) < 2:
         return None
-    out = paths.checkpoints / "averaged.pt"
+    out = run.averaged
     save_checkpoint(average_checkpoints(steps), out)
     log.info("averaged %s into %s", ", ".join(p.name for p in steps), out)
     return out

@@ -22,6 +22,7 @@ from mt.checkpoint import load_checkpoint
 from mt.clean import normalize
 from mt.config import DecodeConfig, TranslateConfig, validate_decode
 from mt.errors import MTError
+from mt.rundir import RunDir
 from mt.runtime import autocast, pick_device, pick_precision
 from mt.search import Hypothesis, beam_search, greedy_search, sample
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
@@ -41,26 +42,17 @@ class LoadedRun:
     checkpoint: Path
 
 
-def pick_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
-    """The given checkpoint, else final.pt (chosen on validation by mt train), best.pt, last.pt."""
-    if checkpoint:
-        return Path(checkpoint)
-    for name in ("final.pt", "best.pt", "last.pt"):
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
-    raise MTError(f"run_dir {run_dir} has no checkpoints (expected checkpoints/last.pt).")
-
-
 def load_run(run_dir: Path, checkpoint: str | None, device: torch.device) -> LoadedRun:
     """Rebuild the model from a checkpoint and check its vocabulary against the run's."""
     from mt.model import transformer
 
-    path = pick_checkpoint(run_dir, checkpoint)
+    run = RunDir(run_dir)
+    path = run.pick_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     vocab = ckpt["vocab"]
     tokenizers = {}
     for side in ("src", "tgt"):
-        spm_path = run_dir / vocab["models"][side]
+        spm_path = run.spm(vocab["models"][side])
         if not spm_path.is_file():
             raise MTError(f"{spm_path} is missing: the run folder needs its SentencePiece model.")
         tok = Tokenizer(spm_path)
@@ -69,15 +61,25 @@ def load_run(run_dir: Path, checkpoint: str | None, device: torch.device) -> Loa
         tokenizers[side] = tok
     model = transformer(**ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
-    config = ckpt.get("config", {})
     return LoadedRun(
         model.to(device).eval(),
         tokenizers["src"],
         tokenizers["tgt"],
-        config.get("clean", {}).get("normalize", "NFC"),
+        _normalize_form(ckpt),
         ckpt["model_args"]["max_positions"],
         path,
     )
+
+
+def _normalize_form(ckpt: dict[str, Any]) -> str:
+    """The Unicode form the training data was prepared with, which input must match.
+
+    Checkpoints record it under "data"; older ones only have their train config's cleaning,
+    which is right when `mt train data=...` prepared the data itself.
+    """
+    if "data" in ckpt:
+        return str(ckpt["data"]["normalize"])
+    return str(ckpt.get("config", {}).get("clean", {}).get("normalize", "NFC"))
 
 
 def batch_order(lengths: np.ndarray, max_tokens: int, batch_size: int) -> list[np.ndarray]:

@@ -57,10 +57,10 @@ def time_prepare(name: str, data: DataConfig, out: Path) -> dict[str, float]:
     start = time.perf_counter()
     manifest = run_prepare(cfg)
     total = time.perf_counter() - start
-    t = manifest["timings_s"]
-    read = sum(r["read"] for r in manifest["cleaning"].values())
-    train = manifest["splits"]["train"]["pairs"]
-    encoded = sum(s["pairs"] for s in manifest["splits"].values())
+    t = manifest.timings_s
+    read = sum(r["read"] for r in manifest.cleaning.values())
+    train = manifest.pairs("train")
+    encoded = sum(s["pairs"] for s in manifest.splits.values())
     row = {
         "corpus": name,
         "pairs_read": read,

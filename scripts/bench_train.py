@@ -30,7 +30,7 @@ from mt.loss import Seq2SeqLoss
 from mt.model import transformer
 from mt.optim import build_optimizer, build_scheduler
 from mt.prepare import run_prepare
-from mt.runtime import Dist, bf16_supported, grad_scaler
+from mt.runtime import bf16_supported, grad_scaler
 from mt.tokenizer import PAD_ID
 from mt.tracking import Tracker
 from mt.trainer import Trainer
@@ -60,7 +60,7 @@ def load_batches(folder: Path, n: int) -> tuple[list[Batch], int]:
     )
     train = ParallelData(folder / "data", "train", 1024)
     ids = epoch_batches(train, 4096, seed=1, epoch=0)[:n]
-    return [train.collate(b) for b in ids], manifest["spm"]["vocab_size"]
+    return [train.collate(b) for b in ids], manifest.spm.vocab_size
 
 
 def matmul_flops_per_token(cfg: ModelConfig, vocab: int, src_tokens: int, tgt_tokens: int) -> float:
@@ -104,9 +104,20 @@ class Ours:
         loss_fn = Seq2SeqLoss(model, 0.1, PAD_ID)
         opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-8, 0.0, device)
         self.trainer = Trainer(
-            model, loss_fn, opt, build_scheduler(opt, 4000), grad_scaler(precision, device),
-            None, None, None, Tracker(None), None, TrainLoopConfig(), device, precision, Dist(), {},
-        )  # fmt: skip
+            model=model,
+            loss_fn=loss_fn,
+            optimizer=opt,
+            scheduler=build_scheduler(opt, 4000),
+            scaler=grad_scaler(precision, device),
+            train_data=None,
+            valid_data=None,
+            tokenizer=None,
+            tracker=Tracker(None),
+            run=None,
+            cfg=TrainLoopConfig(),
+            device=device,
+            precision=precision,
+        )
 
     def step(self, batch: Batch) -> None:
         self.trainer.train_step([batch])

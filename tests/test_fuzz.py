@@ -43,8 +43,8 @@ def test_prepare_survives_hostile_text(tmp_path_factory, lines, long_line):
     except MTError as exc:  # more distinct characters than the tiny test vocabulary holds
         assert "spm.vocab_size=320 is smaller than the" in str(exc)
         return
-    assert manifest["splits"]["valid"]["pairs"] == 60 + len(extra)  # never filtered
-    assert manifest["splits"]["train"]["pairs"] <= 60 + len(extra)
+    assert manifest.pairs("valid") == 60 + len(extra)  # never filtered
+    assert manifest.pairs("train") <= 60 + len(extra)
 
 
 @FUZZ

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -14,17 +15,17 @@ def test_prepare_writes_manifest_and_round_trips(corpus_dir, tmp_path):
     out = tmp_path / "out"
     manifest = run_prepare(prepare_config(corpus_dir, out))
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk == manifest
-    assert manifest["direction"] == "en-de"
-    assert manifest["splits"]["valid"]["pairs"] == 20
-    assert manifest["splits"]["test"]["pairs"] == 20
-    assert manifest["cleaning"]["train"]["read"] == 300
-    train = manifest["splits"]["train"]["pairs"]
-    assert train == manifest["cleaning"]["train"]["kept"]
-    assert train + manifest["cleaning"]["train"]["dropped"]["duplicate"] == 300
-    assert manifest["spm"]["vocab_size"] <= 320
-    assert len(manifest["source"]["files"]) == 6
-    assert all(len(f["sha256"]) == 64 for f in manifest["source"]["files"])
+    assert on_disk == dataclasses.asdict(manifest)
+    assert manifest.direction == "en-de"
+    assert manifest.pairs("valid") == 20
+    assert manifest.pairs("test") == 20
+    assert manifest.cleaning["train"]["read"] == 300
+    train = manifest.pairs("train")
+    assert train == manifest.cleaning["train"]["kept"]
+    assert train + manifest.cleaning["train"]["dropped"]["duplicate"] == 300
+    assert manifest.spm.vocab_size <= 320
+    assert len(manifest.source["files"]) == 6
+    assert all(len(f["sha256"]) == 64 for f in manifest.source["files"])
     tok = Tokenizer(out / "spm.model")
     raw = (corpus_dir / "test.de").read_text(encoding="utf-8").splitlines()
     shard = Shard.load(out, "test", "tgt")
@@ -60,16 +61,16 @@ def test_changed_input_or_setting_rebuilds(corpus_dir, tmp_path, capsys):
         f_en.write("a new line\n")
         f_de.write("eine neue Zeile\n")
     capsys.readouterr()
-    assert run_prepare(prepare_config(corpus_dir, out))["cleaning"]["train"]["read"] == 301
+    assert run_prepare(prepare_config(corpus_dir, out)).cleaning["train"]["read"] == 301
     manifest = run_prepare(prepare_config(corpus_dir, out, "spm.model_type=bpe"))
     assert "up to date" not in capsys.readouterr().out
-    assert manifest["config"]["spm"]["model_type"] == "bpe"
+    assert manifest.config["spm"]["model_type"] == "bpe"
 
 
 def test_separate_vocabularies_per_language(corpus_dir, tmp_path):
     out = tmp_path / "out"
     manifest = run_prepare(prepare_config(corpus_dir, out, "spm.joint=false"))
-    assert manifest["spm"]["models"] == {"src": "spm.en.model", "tgt": "spm.de.model"}
+    assert manifest.spm.models == {"src": "spm.en.model", "tgt": "spm.de.model"}
     assert (out / "spm.en.model").is_file() and (out / "spm.de.model").is_file()
 
 

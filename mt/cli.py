@@ -12,16 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mt.config import ConfigError, register_configs
+from mt.config import CONFIG_DIR, ConfigError, register_configs
 from mt.errors import MTError, Stopped
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 # stage -> (module, function, one-line help)
 STAGES: dict[str, tuple[str, str, str]] = {

@@ -2,15 +2,19 @@
 
 Every default lives here, in a dataclass field; the YAML files under `configs/` hold presets and
 overrides. Hydra merges YAML into these schemas, so a misspelled key or a wrong type is an error
-that names the key.
+that names the key. `model_preset` reads a configs/model/ preset the same way without Hydra.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -164,7 +168,8 @@ class TrainLoopConfig:
     label_smoothing: float = 0.1
     """Label smoothing epsilon."""
     precision: str = "auto"
-    """auto | bf16 | fp16 | fp32; auto picks bf16 where the device supports it, else fp32."""
+    """auto | bf16 | fp16 | fp32; auto picks bf16 where the device multiplies bf16 natively, else
+    fp32 (bf16 on a CPU without native bf16 matmuls is refused)."""
     device: str = "auto"
     """auto | cpu | cuda (auto: cuda when available)."""
     seed: int = 1
@@ -335,6 +340,27 @@ def validate_model(model: ModelConfig) -> None:
     for key in ("dropout", "attn_dropout", "act_dropout"):
         if not 0.0 <= getattr(model, key) < 1.0:
             raise ConfigError(f"model.{key}={getattr(model, key)} must be in [0, 1).")
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The `ModelConfig` of configs/model/<name>.yaml, merged as `model=<name>` composes it.
+
+    Args:
+        name: Preset name, a file stem under configs/model/ (e.g. tiny, small, base, big).
+        **overrides: ModelConfig fields to change, like `model.<key>=<value>` overrides.
+
+    Returns:
+        The schema's defaults, then the preset's values, then the overrides.
+
+    Raises:
+        ValueError: If there is no such preset; the message lists the available ones.
+    """
+    available = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+    if name not in available:
+        raise ConfigError(f"model={name!r} is not a preset; available: {', '.join(available)}.")
+    preset = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), preset, overrides)
+    return cast(ModelConfig, OmegaConf.to_object(merged))
 
 
 def validate_train(cfg: TrainConfig) -> None:

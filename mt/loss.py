@@ -12,8 +12,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mt.model.precision import emulating_bf16
-
 # Rows per chunk: one chunk's fp32 logits take 8 MiB, e.g. 262 rows of an 8k vocabulary. On a
 # 2-core CPU, small preset in bf16: 3,075 target tok/s unchunked, 3,872-4,024 at this size.
 CHUNK_ELEMENTS = 2**21
@@ -38,15 +36,11 @@ def select_targets(hidden: Tensor, tgt_out: Tensor, pad_id: int) -> tuple[Tensor
 def _operands(hidden: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, torch.dtype | None]:
     """The projection's GEMM operands as autocast would pass them, and the dtype gradients are
     rounded to before their GEMMs (None: fp32, no rounding).
-
-    Where bf16 GEMMs are emulated (see mt.model.precision) operands hold bf16 values in fp32.
     """
     device = hidden.device.type
     if not torch.is_autocast_enabled(device):
         return hidden, weight, None
     low = torch.get_autocast_dtype(device)
-    if emulating_bf16(hidden):
-        return hidden.to(low).float(), weight.to(low).float(), low
     return hidden.to(low), weight.to(low), low
 
 
@@ -91,7 +85,7 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
                     grad_w += grad.T @ h_c.float()
                     continue
                 if low is not None:
-                    grad = grad.to(low).to(h.dtype)  # bf16 values; fp32 storage if emulated
+                    grad = grad.to(low)
                 torch.mm(grad, w, out=grad_h[start:end])
                 grad_w += grad.T @ h_c
         ctx.save_for_backward(grad_h, grad_w)

@@ -39,11 +39,21 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def pick_precision(name: str, device: torch.device) -> str:
-    """auto -> bf16 where supported, else fp32; fp16 only exists on CUDA."""
+    """Resolve a precision name for a device: auto -> bf16 where supported, else fp32.
+
+    Raises:
+        ValueError: For fp16 off CUDA, or bf16 on a CPU without native bf16 matmuls (there
+            PyTorch falls back to a slow reference kernel).
+    """
     if name == "auto":
         return "bf16" if bf16_supported(device) else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        raise ValueError("precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if name == "bf16" and device.type == "cpu" and not bf16_supported(device):
+        raise ValueError(
+            "precision=bf16 needs a CPU with native bf16 matmuls (AVX512-BF16 or AMX); this one "
+            "has none, so PyTorch would use its slow reference kernel: use fp32 or auto"
+        )
     return name
 
 

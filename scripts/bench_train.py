@@ -22,9 +22,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from mt.config import DataConfig, ModelConfig, PrepareConfig, SpmConfig, TrainLoopConfig
+from mt.config import (
+    DataConfig,
+    ModelConfig,
+    PrepareConfig,
+    SpmConfig,
+    TrainLoopConfig,
+    model_preset,
+)
 from mt.data import Batch, ParallelData, epoch_batches
 from mt.loss import Seq2SeqLoss
 from mt.model import transformer
@@ -34,16 +40,6 @@ from mt.runtime import bf16_supported, grad_scaler
 from mt.tokenizer import PAD_ID
 from mt.tracking import Tracker
 from mt.trainer import Trainer
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def model_config(preset: str) -> ModelConfig:
-    """The preset exactly as `model=<preset>` composes it."""
-    merged = OmegaConf.merge(
-        OmegaConf.structured(ModelConfig), OmegaConf.load(CONFIGS / "model" / f"{preset}.yaml")
-    )
-    return OmegaConf.to_object(merged)
 
 
 def load_batches(folder: Path, n: int) -> tuple[list[Batch], int]:
@@ -187,7 +183,7 @@ def compare(
     rounds: int,
     device: torch.device,
 ) -> dict:
-    cfg = model_config(preset)
+    cfg = model_preset(preset)
     systems = {
         "mt": Ours(cfg, vocab, precision, device),
         "hf": HuggingFace(cfg, vocab, precision, device),
@@ -227,7 +223,7 @@ def main() -> None:
     precisions = args.precisions.split(",")
     bf16_native = bf16_supported(device)
     if "bf16" in precisions and not bf16_native:
-        # without AVX512-BF16 / AMX, oneDNN emulates bf16 matmuls hundreds of times slower
+        # without AVX512-BF16 / AMX, PyTorch refuses bf16 on CPU (mt.runtime.pick_precision)
         print("bf16: this CPU has no native bf16 matmul (no AVX512-BF16/AMX); bf16 skipped")
         precisions.remove("bf16")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -244,7 +240,7 @@ def main() -> None:
         "ratio_bf16": None,
     }
     for preset in args.presets.split(","):
-        flops = matmul_flops_per_token(model_config(preset), vocab, src_tokens, tgt_tokens)
+        flops = matmul_flops_per_token(model_preset(preset), vocab, src_tokens, tgt_tokens)
         seconds = args.seconds * (2.0 if preset != "small" else 1.0)
         for precision in precisions:
             speed = compare(preset, precision, batches, vocab, seconds, 3, device)

@@ -11,18 +11,18 @@ from torch import Tensor, nn
 
 from mt.model.cache import KVCache
 from mt.model.packing import Packing
-from mt.model.precision import Linear, attention
+from mt.model.precision import attention
 
 
-def _init_fused(linear: Linear, n_chunks: int) -> None:
+def _init_fused(linear: nn.Linear, n_chunks: int) -> None:
     """Xavier-uniform each [D, D] block of a fused projection as if it were its own linear."""
     for block in linear.weight.data.chunk(n_chunks, dim=0):
         nn.init.xavier_uniform_(block)
     nn.init.zeros_(linear.bias)
 
 
-def _linear(d_in: int, d_out: int) -> Linear:
-    linear = Linear(d_in, d_out)
+def _linear(d_in: int, d_out: int) -> nn.Linear:
+    linear = nn.Linear(d_in, d_out)
     nn.init.xavier_uniform_(linear.weight)
     nn.init.zeros_(linear.bias)
     return linear
@@ -76,7 +76,7 @@ class SelfAttention(_Attention):
 
     def __init__(self, d_model: int, n_heads: int, attn_dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, attn_dropout)
-        self.qkv = Linear(d_model, 3 * d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
         _init_fused(self.qkv, 3)
 
     def forward(
@@ -111,7 +111,7 @@ class CrossAttention(_Attention):
     def __init__(self, d_model: int, n_heads: int, attn_dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, attn_dropout)
         self.q = _linear(d_model, d_model)
-        self.kv = Linear(d_model, 2 * d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
         _init_fused(self.kv, 2)
 
     def project_kv(self, memory: Tensor, packing: Packing) -> tuple[Tensor, Tensor]:

@@ -1,15 +1,18 @@
-"""Model builders: `transformer(...)` turns explicit hyperparameters into a `Seq2Seq`;
-`transformer_tiny/small/base/big` are size presets on top of it (YAML `_target_`s point here).
+"""Model builder: `transformer(...)` turns explicit hyperparameters into an initialised `Seq2Seq`.
+
+Size presets live only in configs/model/*.yaml; `mt.config.model_preset(name)` reads one into the
+`ModelConfig` whose fields are this builder's keyword arguments.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from torch import nn
 
+from mt.config import ModelConfig, validate_model
 from mt.model.layers import (
-    ACTIVATIONS,
     DecoderLayer,
     Embeddings,
     EncoderLayer,
@@ -18,40 +21,21 @@ from mt.model.layers import (
 )
 from mt.model.transformer import Decoder, Encoder, Seq2Seq
 
-NORMS = ("pre", "post")
-POSITIONS = ("sinusoidal", "learned")
 
-
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"model.{key}={value!r} is not one of {', '.join(allowed)}.")
-
-
-def _validate(hp: dict[str, Any]) -> None:
-    """Raise ValueError naming the first invalid hyperparameter."""
-    for key in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_positions"):
-        if hp[key] < 1:
-            raise ValueError(f"model.{key}={hp[key]} must be a positive integer.")
-    for key in ("n_layers_enc", "n_layers_dec"):
-        if hp[key] < 1:
-            raise ValueError(f"model.{key}={hp[key]} must be at least 1.")
-    if hp["d_model"] % hp["n_heads"]:
+def _check_vocabulary(
+    src_vocab_size: int, tgt_vocab_size: int, pad_id: int, share_embeddings: bool
+) -> None:
+    """Raise ValueError naming the first vocabulary key that does not fit the others."""
+    for key, size in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)):
+        if size < 1:
+            raise ValueError(f"model.{key}={size} must be a positive integer.")
+    if share_embeddings and src_vocab_size != tgt_vocab_size:
         raise ValueError(
-            f"model.d_model={hp['d_model']} is not divisible by model.n_heads={hp['n_heads']}."
+            f"model.share_embeddings=True needs model.src_vocab_size={src_vocab_size} "
+            f"to equal model.tgt_vocab_size={tgt_vocab_size}."
         )
-    for key in ("dropout", "attn_dropout", "act_dropout"):
-        if not 0.0 <= hp[key] < 1.0:
-            raise ValueError(f"model.{key}={hp[key]} must be in [0, 1).")
-    _check_choice("activation", hp["activation"], tuple(ACTIVATIONS))
-    _check_choice("norm", hp["norm"], NORMS)
-    _check_choice("positions", hp["positions"], POSITIONS)
-    if hp["share_embeddings"] and hp["src_vocab_size"] != hp["tgt_vocab_size"]:
-        raise ValueError(
-            f"model.share_embeddings=True needs model.src_vocab_size={hp['src_vocab_size']} "
-            f"to equal model.tgt_vocab_size={hp['tgt_vocab_size']}."
-        )
-    if not 0 <= hp["pad_id"] < min(hp["src_vocab_size"], hp["tgt_vocab_size"]):
-        raise ValueError(f"model.pad_id={hp['pad_id']} is outside the vocabulary.")
+    if not 0 <= pad_id < min(src_vocab_size, tgt_vocab_size):
+        raise ValueError(f"model.pad_id={pad_id} is outside the vocabulary.")
 
 
 def _token_embedding(vocab_size: int, d_model: int, pad_id: int) -> nn.Embedding:
@@ -62,10 +46,46 @@ def _token_embedding(vocab_size: int, d_model: int, pad_id: int) -> nn.Embedding
     return embed
 
 
-def _positions(kind: str, max_positions: int, d_model: int) -> nn.Module:
-    if kind == "learned":
-        return LearnedPositions(max_positions, d_model)
-    return SinusoidalPositions(max_positions, d_model)
+def _embeddings(tokens: nn.Embedding, hp: ModelConfig) -> Embeddings:
+    """Token embedding plus this stack's own position table, then dropout."""
+    if hp.positions == "learned":
+        positions: nn.Module = LearnedPositions(hp.max_positions, hp.d_model)
+    else:
+        positions = SinusoidalPositions(hp.max_positions, hp.d_model)
+    return Embeddings(tokens, positions, hp.dropout)
+
+
+def _layer_kwargs(hp: ModelConfig) -> dict[str, Any]:
+    """The keyword arguments EncoderLayer and DecoderLayer share."""
+    return dict(
+        dropout=hp.dropout,
+        attn_dropout=hp.attn_dropout,
+        act_dropout=hp.act_dropout,
+        activation=hp.activation,
+        norm_first=hp.norm == "pre",
+    )
+
+
+def _final_norm(hp: ModelConfig) -> nn.Module:
+    """A LayerNorm after the last pre-norm layer; post-norm layers end normalised already."""
+    return nn.LayerNorm(hp.d_model) if hp.norm == "pre" else nn.Identity()
+
+
+def _encoder(tokens: nn.Embedding, hp: ModelConfig) -> Encoder:
+    """Source embeddings, hp.n_layers_enc encoder layers and the final norm."""
+    # positions before layers: a seed draws learned positions' initial values first, as always
+    embed = _embeddings(tokens, hp)
+    kw = _layer_kwargs(hp)
+    layers = [EncoderLayer(hp.d_model, hp.n_heads, hp.d_ff, **kw) for _ in range(hp.n_layers_enc)]
+    return Encoder(embed, layers, _final_norm(hp))
+
+
+def _decoder(tokens: nn.Embedding, hp: ModelConfig) -> Decoder:
+    """Target embeddings, hp.n_layers_dec decoder layers and the final norm."""
+    embed = _embeddings(tokens, hp)
+    kw = _layer_kwargs(hp)
+    layers = [DecoderLayer(hp.d_model, hp.n_heads, hp.d_ff, **kw) for _ in range(hp.n_layers_dec)]
+    return Decoder(embed, layers, _final_norm(hp))
 
 
 def transformer(
@@ -113,64 +133,15 @@ def transformer(
         The model, initialised: xavier-uniform linears, zero biases, normal(0, D**-0.5) embeddings.
 
     Raises:
-        ValueError: If a hyperparameter is invalid; the message names the key.
+        ValueError: If a hyperparameter is invalid (`mt.config.validate_model` checks all but the
+            vocabulary keys); the message names the key.
     """
-    hp = dict(locals())
-    _validate(hp)
+    args = dict(locals())  # every ModelConfig field is an argument of the same name
+    hp = ModelConfig(**{f.name: args[f.name] for f in fields(ModelConfig)})
+    validate_model(hp)
+    _check_vocabulary(src_vocab_size, tgt_vocab_size, pad_id, share_embeddings)
     tgt_tokens = _token_embedding(tgt_vocab_size, d_model, pad_id)
     src_tokens = (
         tgt_tokens if share_embeddings else _token_embedding(src_vocab_size, d_model, pad_id)
     )
-    layer_kw: dict[str, Any] = dict(
-        dropout=dropout,
-        attn_dropout=attn_dropout,
-        act_dropout=act_dropout,
-        activation=activation,
-        norm_first=norm == "pre",
-    )
-
-    def final_norm() -> nn.Module:
-        return nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
-
-    encoder = Encoder(
-        Embeddings(src_tokens, _positions(positions, max_positions, d_model), dropout),
-        [EncoderLayer(d_model, n_heads, d_ff, **layer_kw) for _ in range(n_layers_enc)],
-        final_norm(),
-    )
-    decoder = Decoder(
-        Embeddings(tgt_tokens, _positions(positions, max_positions, d_model), dropout),
-        [DecoderLayer(d_model, n_heads, d_ff, **layer_kw) for _ in range(n_layers_dec)],
-        final_norm(),
-    )
-    return Seq2Seq(encoder, decoder, pad_id=pad_id)
-
-
-def _preset(
-    defaults: dict[str, Any], src_vocab_size: int, tgt_vocab_size: int, **overrides: Any
-) -> Seq2Seq:
-    kwargs = {**defaults, **overrides}
-    return transformer(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, **kwargs)
-
-
-def transformer_tiny(src_vocab_size: int, tgt_vocab_size: int, **overrides: Any) -> Seq2Seq:
-    """D 32, 2 heads, 2+2 layers, d_ff 64: for tests and smoke runs."""
-    defaults = dict(d_model=32, n_heads=2, n_layers_enc=2, n_layers_dec=2, d_ff=64)
-    return _preset(defaults, src_vocab_size, tgt_vocab_size, **overrides)
-
-
-def transformer_small(src_vocab_size: int, tgt_vocab_size: int, **overrides: Any) -> Seq2Seq:
-    """D 256, 4 heads, 3+3 layers, d_ff 1024: CPU-trainable baseline."""
-    defaults = dict(d_model=256, n_heads=4, n_layers_enc=3, n_layers_dec=3, d_ff=1024)
-    return _preset(defaults, src_vocab_size, tgt_vocab_size, **overrides)
-
-
-def transformer_base(src_vocab_size: int, tgt_vocab_size: int, **overrides: Any) -> Seq2Seq:
-    """Transformer-base of Vaswani et al. (2017): D 512, 8 heads, 6+6 layers, d_ff 2048."""
-    defaults = dict(d_model=512, n_heads=8, n_layers_enc=6, n_layers_dec=6, d_ff=2048)
-    return _preset(defaults, src_vocab_size, tgt_vocab_size, **overrides)
-
-
-def transformer_big(src_vocab_size: int, tgt_vocab_size: int, **overrides: Any) -> Seq2Seq:
-    """Transformer-big of Vaswani et al. (2017): D 1024, 16 heads, 6+6 layers, d_ff 4096."""
-    defaults = dict(d_model=1024, n_heads=16, n_layers_enc=6, n_layers_dec=6, d_ff=4096)
-    return _preset(defaults, src_vocab_size, tgt_vocab_size, **overrides)
+    return Seq2Seq(_encoder(src_tokens, hp), _decoder(tgt_tokens, hp), pad_id=pad_id)

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from mt.model.attention import CrossAttention, SelfAttention
 from mt.model.cache import KVCache
 from mt.model.packing import Packing
-from mt.model.precision import Linear
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
@@ -121,8 +120,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str, act_dropout: float) -> None:
         super().__init__()
-        self.fc1 = Linear(d_model, d_ff)
-        self.fc2 = Linear(d_ff, d_model)
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
         self.act = ACTIVATIONS[activation]
         self.act_dropout = act_dropout
         for fc in (self.fc1, self.fc2):

@@ -1,53 +1,17 @@
-"""Linear and attention calls that stay fast under CPU bf16 autocast on CPUs without bf16 GEMMs.
+"""CPU precision and kernel choices for attention: which SDPA backend, and when to skip SDPA.
 
-PyTorch sends bf16 matmuls to oneDNN only on CPUs it deems bf16-capable (AVX512/AMX); elsewhere,
-e.g. AVX2-only CPUs, they fall back to a scalar kernel about 50x slower than fp32 MKL. There we
-emulate autocast: round operands to bf16, multiply in fp32, round the result to bf16 — the numbers
-of a bf16 GEMM with fp32 accumulation (what oneDNN itself does on CPUs without bf16 instructions).
-Gradients pass through the same roundings. Everywhere else these are plain F.linear / F.sdpa.
+Decoder steps on CPU run as two fp32 matmuls (`_attention_by_matmul`) over fp32 K/V caches
+(`step_cache_dtype`); CPU bf16 training takes SDPA's math backend (`_slow_cpu_flash_backward`).
+Everywhere else `attention` is plain `F.scaled_dot_product_attention`. Linear layers are plain
+`nn.Linear`: CPU bf16 needs native bf16 matmuls, which `mt.runtime.pick_precision` checks.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-
-@functools.cache
-def _cpu_has_bf16_gemm() -> bool:
-    """Whether PyTorch runs CPU bf16 matmuls through oneDNN (else its slow reference kernel)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # private op; assume capable if it ever disappears
-        return True
-
-
-def emulating_bf16(x: Tensor) -> bool:
-    """True under CPU bf16 autocast, for a CPU tensor, on a CPU without fast bf16 matmuls."""
-    return (
-        x.device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not _cpu_has_bf16_gemm()
-    )
-
-
-def _round(x: Tensor) -> Tensor:
-    """Round to bf16 precision, keep fp32 storage (differentiable; grads are rounded too)."""
-    return x.to(torch.bfloat16).float()
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear, bf16-emulated where `emulating_bf16` (then returns bf16 like autocast would)."""
-    if not emulating_bf16(x):
-        return F.linear(x, weight, bias)
-    with torch.autocast("cpu", enabled=False):
-        y = F.linear(_round(x), _round(weight), None if bias is None else _round(bias))
-    return y.to(torch.bfloat16)
 
 
 def _slow_cpu_flash_backward(q: Tensor) -> bool:
@@ -100,7 +64,7 @@ def attention(
     causal: bool,
     incremental: bool = False,
 ) -> Tensor:
-    """F.scaled_dot_product_attention, bf16-emulated where `emulating_bf16`.
+    """F.scaled_dot_product_attention, with the CPU kernel choices above.
 
     Args:
         q: Queries [B, H, T, Dh].
@@ -118,20 +82,7 @@ def attention(
     sdpa = F.scaled_dot_product_attention
     if incremental and q.device.type == "cpu":
         return _attention_by_matmul(q, k, v, mask)
-    if emulating_bf16(q):  # fp32 kernels on bf16-rounded operands; flash's bf16 path is unused
-        with torch.autocast("cpu", enabled=False):
-            q, k, v = _round(q), _round(k), _round(v)
-            y = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
-        return y.to(torch.bfloat16)
     if _slow_cpu_flash_backward(q):
         with sdpa_kernel(SDPBackend.MATH):
             return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
     return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose forward goes through `linear` (same parameters and state-dict keys)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        """[..., D_in] -> [..., D_out]."""
-        return linear(x, self.weight, self.bias)

@@ -1,19 +1,14 @@
-"""Builders: presets' sizes, validation messages, weight tying and initialisation."""
+"""Builder: presets' sizes, validation messages, weight tying and initialisation."""
 
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 from torch import nn
 
-from mt.model import (
-    Seq2Seq,
-    transformer,
-    transformer_base,
-    transformer_big,
-    transformer_small,
-    transformer_tiny,
-)
+from mt.config import ModelConfig, model_preset, validate_model
+from mt.model import Seq2Seq, transformer
 from mt.model.layers import LearnedPositions
 
 BASE = dict(
@@ -31,18 +26,26 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # shared tensors are counted once
 
 
+def _preset(name: str, vocab_size: int, pad_id: int = 0, **overrides: object) -> Seq2Seq:
+    """The configs/model/<name>.yaml model over a joint vocabulary of `vocab_size`."""
+    cfg = model_preset(name, **overrides)
+    return transformer(
+        src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, pad_id=pad_id, **asdict(cfg)
+    )
+
+
 @pytest.mark.parametrize(
     ("preset", "d_model", "n_heads", "n_layers", "d_ff"),
     [
-        (transformer_tiny, 32, 2, 2, 64),
-        (transformer_small, 256, 4, 3, 1024),
-        (transformer_base, 512, 8, 6, 2048),
+        ("tiny", 32, 2, 2, 64),
+        ("small", 256, 4, 3, 1024),
+        ("base", 512, 8, 6, 2048),
     ],
 )
 def test_presets_have_their_sizes(
-    preset, d_model: int, n_heads: int, n_layers: int, d_ff: int
+    preset: str, d_model: int, n_heads: int, n_layers: int, d_ff: int
 ) -> None:
-    model = preset(100, 100)
+    model = _preset(preset, 100)
     layer = model.encoder.layers[0]
     assert model.decoder.embed.tokens.embedding_dim == d_model
     assert layer.self_attn.n_heads == n_heads
@@ -52,7 +55,7 @@ def test_presets_have_their_sizes(
 
 def test_transformer_base_parameter_count() -> None:
     # Vaswani et al. base: 44.1M without embeddings (3.15M per encoder, 4.2M per decoder layer)
-    model = transformer_base(1000, 1000)
+    model = _preset("base", 1000)
     without_embeddings = _n_params(model) - 1000 * 512 - 4 * 512  # minus the two final norms
     assert without_embeddings == 6 * (
         4 * 512 * 513 + 2 * 512 * 2048 + 2048 + 512 + 2 * 1024
@@ -60,13 +63,14 @@ def test_transformer_base_parameter_count() -> None:
 
 
 def test_big_preset_accepts_overrides() -> None:
-    model = transformer_big(10, 10, n_layers_enc=1, n_layers_dec=1, pad_id=1)
+    model = _preset("big", 10, pad_id=1, n_layers_enc=1, n_layers_dec=1)
     assert model.pad_id == 1
     assert model.encoder.layers[0].self_attn.n_heads == 16
+    assert len(model.encoder.layers) == len(model.decoder.layers) == 1
 
 
 def test_preset_returns_seq2seq_with_pad_id() -> None:
-    model = transformer_tiny(30, 30, pad_id=3)
+    model = _preset("tiny", 30, pad_id=3)
     assert isinstance(model, Seq2Seq) and model.pad_id == 3
 
 
@@ -83,11 +87,22 @@ def test_preset_returns_seq2seq_with_pad_id() -> None:
         ({"n_layers_dec": 0}, "model.n_layers_dec"),
         ({"d_ff": 0}, "model.d_ff"),
         ({"pad_id": 40}, "model.pad_id"),
+        ({"src_vocab_size": 0, "share_embeddings": False}, "model.src_vocab_size"),
     ],
 )
 def test_bad_hyperparameters_raise_value_error_naming_the_key(change: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key.replace("(", r"\(")):
         transformer(**{**BASE, **change})
+
+
+def test_builder_raises_validate_model_message_for_a_model_key() -> None:
+    """One check of the model keys: the builder's message is `validate_model`'s."""
+    bad = ModelConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError) as from_config:
+        validate_model(bad)
+    with pytest.raises(ValueError) as from_builder:
+        transformer(src_vocab_size=40, tgt_vocab_size=40, **asdict(bad))
+    assert str(from_builder.value) == str(from_config.value)
 
 
 def test_shared_embeddings_are_one_tensor() -> None:

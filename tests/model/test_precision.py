@@ -1,64 +1,25 @@
-"""bf16 autocast emulation: same numbers as a bf16 GEMM, active only where it should be."""
+"""CPU attention kernels give SDPA's numbers; bf16 is refused on CPUs without bf16 matmuls."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mt import runtime
 from mt.model import precision
 
 
-@pytest.fixture
-def emulate(monkeypatch):
-    """Take the emulation path whatever this CPU has (on AVX2-only CPUs it is the real one)."""
-    monkeypatch.setattr(precision, "_cpu_has_bf16_gemm", lambda: False)
-
-
-needs_emulation = pytest.mark.usefixtures("emulate")
-
-
-def test_plain_fp32_outside_autocast() -> None:
-    x, w, b = torch.randn(4, 8), torch.randn(3, 8), torch.randn(3)
-    assert not precision.emulating_bf16(x)
-    torch.testing.assert_close(precision.linear(x, w, b), F.linear(x, w, b), rtol=0, atol=0)
-
-
-@needs_emulation
-def test_emulated_linear_matches_native_bf16_linear() -> None:
+def test_attention_outside_autocast_is_plain_sdpa() -> None:
     torch.manual_seed(0)
-    x, w, b = torch.randn(16, 64), torch.randn(32, 64), torch.randn(32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert precision.emulating_bf16(x)
-        emulated = precision.linear(x, w, b)
-        native = F.linear(x, w, b)
-    assert emulated.dtype == native.dtype == torch.bfloat16
-    # same rounded operands, fp32 accumulation: at most one bf16 rounding step apart
-    torch.testing.assert_close(emulated.float(), native.float(), atol=0.05, rtol=2**-7)
-
-
-@needs_emulation
-def test_emulated_linear_gradients_are_bf16_rounded() -> None:
-    torch.manual_seed(0)
-    x = torch.randn(8, 16, requires_grad=True)
-    w = torch.randn(4, 16, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        precision.linear(x, w).float().sum().backward()
-    assert x.grad.dtype == w.grad.dtype == torch.float32
-    torch.testing.assert_close(x.grad, x.grad.bfloat16().float(), rtol=0, atol=0)
-    expected = w.bfloat16().float().sum(0).expand(8, 16)
-    torch.testing.assert_close(x.grad, expected, atol=0.05, rtol=2**-7)
-
-
-@needs_emulation
-def test_emulated_attention_matches_fp32_within_bf16_precision() -> None:
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 12, 8) for _ in range(3))  # 12 queries: not a decoder step
+    q, k, v = (torch.randn(2, 2, 12, 8) for _ in range(3))
     mask = torch.ones(2, 1, 1, 12, dtype=torch.bool)
     mask[0, ..., 3:] = False
     reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = precision.attention(q, k, v, mask, 0.0, False)
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.02)
+    out = precision.attention(q, k, v, mask, 0.0, False)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+
+
+def test_decoder_step_caches_are_fp32_on_cpu() -> None:
+    assert precision.step_cache_dtype(torch.zeros(1, dtype=torch.bfloat16)) == torch.float32
 
 
 def test_cpu_bf16_training_attention_takes_the_math_kernel_with_the_same_numbers() -> None:
@@ -95,3 +56,18 @@ def test_decoder_step_attention_by_matmul_matches_sdpa(monkeypatch, autocasting)
     assert out.dtype == (torch.bfloat16 if autocasting else torch.float32)
     tol = dict(atol=0.01, rtol=0.01) if autocasting else dict(atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out.float(), reference, **tol)
+
+
+def test_bf16_on_a_cpu_without_bf16_matmuls_is_refused(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "bf16_supported", lambda device: False)
+    with pytest.raises(ValueError, match="precision=bf16 needs a CPU with native bf16 matmuls"):
+        runtime.pick_precision("bf16", cpu)
+    assert runtime.pick_precision("auto", cpu) == "fp32"
+    assert runtime.pick_precision("fp32", cpu) == "fp32"
+
+
+def test_bf16_on_a_cpu_with_bf16_matmuls_is_kept(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "bf16_supported", lambda device: True)
+    assert runtime.pick_precision("bf16", cpu) == runtime.pick_precision("auto", cpu) == "bf16"

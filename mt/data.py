@@ -88,19 +88,28 @@ class ParallelData:
         )
 
 
-def pack_batches(order: np.ndarray, lens: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+def pack_batches(
+    order: np.ndarray, lens: np.ndarray, max_tokens: int, max_sentences: int | None = None
+) -> list[np.ndarray]:
     """Cut `order` (already length-sorted) into runs whose padded size fits `max_tokens`.
+
+    The one batcher of mt: training and validation batches (`epoch_batches`, `eval_batches`)
+    and translation batches (`mt.translate`) all come from it.
 
     Args:
         order: sentence indices in the order to pack, [N].
-        lens: padded length of each sentence (the longer side), [N total].
+        lens: padded length of each sentence, [N total] (training: its longer side;
+            translation: its source).
         max_tokens: budget of B x max length per batch; a longer sentence gets a batch alone.
+        max_sentences: at most this many sentences per batch; None for no limit.
     """
     batches, start, longest = [], 0, 0
     sorted_lens = lens[order].tolist()
+    cap = max_sentences or len(order) + 1
     for pos, length in enumerate(sorted_lens):
         longest_if_added = max(longest, length)
-        if pos > start and longest_if_added * (pos - start + 1) > max_tokens:
+        over = longest_if_added * (pos - start + 1) > max_tokens or pos - start + 1 > cap
+        if pos > start and over:
             batches.append(order[start:pos])
             start, longest_if_added = pos, length
         longest = longest_if_added

@@ -1,7 +1,8 @@
 """Greedy, beam and sampling search over the incremental ``encode``/``decode_step`` interface.
 
-Pure tensor code, no I/O: a model goes in, ranked :class:`Hypothesis` lists come out. Rows of
-finished sentences leave the decoder state (``state.reorder``), so later steps run on fewer rows.
+Pure tensor code, no I/O: a model goes in, ranked :class:`Hypothesis` lists come out. Every search
+takes the same :class:`Limits` (bos/eos ids, length caps). Rows of finished sentences leave the
+decoder state (``state.reorder``), so later steps run on fewer rows.
 Search runs under ``torch.no_grad``, not ``inference_mode``: autocast caches its bf16 copies of the
 weights only outside inference mode, and without the cache every step casts every weight again.
 """
@@ -20,10 +21,11 @@ _NEG_INF = float("-inf")
 
 
 class IncrementalState(Protocol):
-    """Per-row decoder cache, e.g. ``mt.model.DecoderState``."""
+    """Decoder cache of K rows per source, e.g. ``mt.model.DecoderState``, which owns the layout."""
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep/reorder rows: row i becomes old row ``index[i]`` (LongTensor [N'], N' <= N)."""
+    def reorder(self, sources: Tensor, beams: Tensor | None = None) -> None:
+        """New source i continues old source ``sources[i]`` [B'] with its old beam slots
+        ``beams[i]`` [B', K] (None when K is 1)."""
 
 
 class IncrementalDecoder(Protocol):
@@ -35,10 +37,10 @@ class IncrementalDecoder(Protocol):
     def init_state(
         self, memory: Tensor, src_pad_mask: Tensor, max_len: int, rows_per_source: int = 1
     ) -> IncrementalState:
-        """Decoder state for B sources x ``rows_per_source`` rows, up to ``max_len`` steps.
+        """Decoder state for B sources x ``rows_per_source`` (K) rows, up to ``max_len`` steps.
 
-        Rows b*K .. b*K+K-1 (K = rows_per_source) decode source b; ``reorder`` keeps them
-        grouped that way.
+        ``decode_step`` takes and returns the rows in the state's order: for each source,
+        its K rows (search views [N, ...] as [B, K, ...]).
         """
 
     def decode_step(self, tokens: Tensor, state: Any) -> Tensor:
@@ -54,24 +56,33 @@ class Hypothesis:
     logprob: float  # raw sum of the token log-probs, eos included
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Where every output starts and ends, shared by all search functions.
+
+    A sentence emits at most int(max_len_a * src_len + max_len_b) tokens before eos (then eos
+    is forced); src_len counts non-pad tokens. ``max_len`` caps that whatever the source
+    length: a model with P positions can emit at most P - 1 tokens (bos takes position 0).
+    """
+
+    bos_id: int  # first input token of every output
+    eos_id: int  # the token that ends an output
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    max_len: int | None = None  # e.g. the model's max_positions - 1; None for no cap
+
+    def output_lens(self, src_pad_mask: Tensor) -> Tensor:
+        """Per-sentence cap on output tokens before eos, as LongTensor [B]."""
+        src_len = (~src_pad_mask).sum(dim=1).cpu().double()  # float64: truncates like int()
+        caps = (self.max_len_a * src_len + self.max_len_b).long().clamp_(min=0)
+        if self.max_len is not None:
+            caps.clamp_(max=self.max_len)
+        return caps.to(src_pad_mask.device)
+
+
 def length_penalty(length: int, lenpen: float) -> float:
     """GNMT length penalty ((5 + length) / 6) ** lenpen (Wu et al. 2016); length counts eos."""
     return float(((5 + length) / 6) ** lenpen)
-
-
-def _max_output_lens(
-    src_pad_mask: Tensor, max_len_a: float, max_len_b: int, max_len: int | None
-) -> Tensor:
-    """Per-sentence cap on output tokens before eos, int(a * src_len + b), as LongTensor [B].
-
-    ``max_len`` bounds every cap: a model with P positions can emit at most P - 1 tokens
-    (bos takes position 0), however long the source.
-    """
-    src_len = (~src_pad_mask).sum(dim=1).cpu().double()  # float64: truncates like Python's int()
-    caps = (max_len_a * src_len + max_len_b).long().clamp_(min=0)
-    if max_len is not None:
-        caps.clamp_(max=max_len)
-    return caps.to(src_pad_mask.device)
 
 
 class _Stepper:
@@ -81,19 +92,8 @@ class _Stepper:
     as much as the log-softmax itself on CPU (large allocations are fresh pages every time).
     """
 
-    def __init__(
-        self,
-        model: IncrementalDecoder,
-        src: Tensor,
-        src_pad_mask: Tensor,
-        n_steps: int,
-        beam: int,
-        eos_id: int,
-    ) -> None:
-        memory = model.encode(src, src_pad_mask)
-        self.model, self.eos_id = model, eos_id
-        # rows b*K .. b*K+K-1 belong to sentence b; the model keeps its memory once per sentence
-        self.state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=beam)
+    def __init__(self, model: IncrementalDecoder, state: IncrementalState, eos_id: int) -> None:
+        self.model, self.state, self.eos_id = model, state, eos_id
         self._bufs: tuple[Tensor, Tensor] | None = None
 
     def __call__(self, tokens: Tensor, at_max: Tensor | None) -> Tensor:
@@ -155,29 +155,41 @@ def _pick_sample(
     return tokens.squeeze(1), lprobs.gather(1, tokens).squeeze(1)
 
 
+def _start(
+    model: IncrementalDecoder, src: Tensor, src_pad_mask: Tensor, limits: Limits, beam: int
+) -> tuple[_Stepper, Tensor]:
+    """Encode the sources and start a decoder state of `beam` rows per source.
+
+    Returns the stepper and each sentence's cap on output tokens, LongTensor [B].
+    """
+    max_lens = limits.output_lens(src_pad_mask)
+    n_steps = int(max_lens.max()) + 1  # the last step can only emit eos
+    memory = model.encode(src, src_pad_mask)
+    state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=beam)
+    return _Stepper(model, state, limits.eos_id), max_lens
+
+
 def _decode_paths(
     model: IncrementalDecoder,
     src: Tensor,
     src_pad_mask: Tensor,
-    max_lens: Tensor,
+    limits: Limits,
     pick: Callable[[Tensor], tuple[Tensor, Tensor]],
-    bos_id: int,
-    eos_id: int,
 ) -> list[Hypothesis]:
     """Extend one path per sentence until eos; finished rows leave the state.
 
     ``pick`` maps log-probs [N, V] to the chosen tokens [N] and their log-probs [N].
     """
-    b, device = src.size(0), src.device
+    b, device, eos_id = src.size(0), src.device, limits.eos_id
     if b == 0:
         return []
-    n_steps = int(max_lens.max()) + 1  # the last step can only emit eos
-    stepper = _Stepper(model, src, src_pad_mask, n_steps, 1, eos_id)
+    stepper, max_lens = _start(model, src, src_pad_mask, limits, beam=1)
+    n_steps = int(max_lens.max()) + 1
     out = torch.full((b, n_steps), eos_id, dtype=torch.long, device=device)  # [B, T]
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # [B], eos included
     logprobs = torch.zeros(b, device=device)  # [B]
     rows = torch.arange(b, device=device)  # [N] sentence of each live row
-    tokens = torch.full((b,), bos_id, dtype=torch.long, device=device)  # [N]
+    tokens = torch.full((b,), limits.bos_id, dtype=torch.long, device=device)  # [N]
     first_cap = int(max_lens.min())
     for step in range(n_steps):
         at_max = max_lens[rows] <= step if step >= first_cap else None
@@ -200,15 +212,7 @@ def _decode_paths(
 
 @torch.no_grad()
 def greedy_search(
-    model: IncrementalDecoder,
-    src: Tensor,
-    src_pad_mask: Tensor,
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
-    max_len: int | None = None,
+    model: IncrementalDecoder, src: Tensor, src_pad_mask: Tensor, limits: Limits
 ) -> list[Hypothesis]:
     """Translate by taking the most probable token at every step.
 
@@ -216,20 +220,13 @@ def greedy_search(
         model: Anything with ``encode``, ``init_state`` and ``decode_step`` (in eval mode).
         src: Source ids [B, S].
         src_pad_mask: Bool [B, S], True at padding.
-        bos_id: First input token of every output.
-        eos_id: Token that ends an output.
-        max_len_a: With ``max_len_b``, a sentence emits at most int(a * src_len + b) tokens
-            before eos (then eos is forced); src_len counts non-pad tokens.
-        max_len_b: See ``max_len_a``.
-        max_len: Hard cap on the tokens before eos whatever the source length, e.g. the
-            model's ``max_positions - 1``; None for no cap.
+        limits: bos/eos ids and length caps.
 
     Returns:
         One hypothesis per sentence, in input order. Scores use lenpen 1.0, the
         ``beam_search`` default, so ``beam_search(beam=1)`` gives the same hypotheses.
     """
-    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b, max_len)
-    return _decode_paths(model, src, src_pad_mask, max_lens, _pick_argmax, bos_id, eos_id)
+    return _decode_paths(model, src, src_pad_mask, limits, _pick_argmax)
 
 
 @torch.no_grad()
@@ -237,22 +234,17 @@ def sample(
     model: IncrementalDecoder,
     src: Tensor,
     src_pad_mask: Tensor,
+    limits: Limits,
     *,
     topk: int = 0,
     topp: float = 1.0,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
-    bos_id: int,
-    eos_id: int,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
-    max_len: int | None = None,
 ) -> list[Hypothesis]:
     """Translate by drawing every token from the model's (restricted) distribution.
 
     Args:
-        model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b, max_len: As in
-            ``greedy_search``.
+        model, src, src_pad_mask, limits: As in ``greedy_search``.
         topk: Draw only among the k most probable tokens; 0 keeps all.
         topp: Draw only from the smallest set of tokens whose probability reaches topp (nucleus).
         temperature: Divides the log-probs before restricting and drawing; below 1 is sharper.
@@ -271,23 +263,28 @@ def sample(
     pick = functools.partial(
         _pick_sample, topk=topk, topp=topp, temperature=temperature, generator=generator
     )
-    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b, max_len)
-    return _decode_paths(model, src, src_pad_mask, max_lens, pick, bos_id, eos_id)
+    return _decode_paths(model, src, src_pad_mask, limits, pick)
 
 
 # --- beam search ---------------------------------------------------------------------------------
+# Beam tensors are [B', K, ...]: sentence, then beam slot. The decoder state's rows are the same
+# grid flattened (``mt.model.DecoderState`` owns that layout); search only views it as [N, ...].
 
 
 @dataclass
 class _Beams:
-    """Live rows of the B' unfinished sentences; N = B' * K rows, sentence-major."""
+    """The K live hypotheses of each of the B' unfinished sentences."""
 
-    beam: int  # K
     sent: Tensor  # [B'] input position of each live sentence
     max_lens: Tensor  # [B'] cap on output tokens before eos
     done: Tensor  # [B', K] scores of the K best finished hypotheses, best first; -inf: none
-    seqs: Tensor  # [N, t] tokens emitted so far (no bos)
-    scores: Tensor  # [N] cumulative log-probs
+    seqs: Tensor  # [B', K, t] tokens emitted so far (no bos)
+    scores: Tensor  # [B', K] cumulative log-probs
+
+    @property
+    def beam(self) -> int:
+        """K."""
+        return self.scores.size(1)
 
 
 @dataclass
@@ -295,37 +292,36 @@ class _Candidates:
     """Best 2K one-token extensions of each live sentence, best first; all [B', 2K]."""
 
     scores: Tensor  # cumulative log-probs
-    beams: Tensor  # which of the sentence's K rows is extended
+    beams: Tensor  # which of the sentence's K hypotheses is extended
     tokens: Tensor  # the appended token
     is_eos: Tensor  # tokens == eos
 
 
 def _init_beams(max_lens: Tensor, beam: int) -> _Beams:
-    """K identical rows per sentence; only row 0 may be extended at step 0."""
+    """K identical hypotheses per sentence; only slot 0 may be extended at step 0."""
     b, device = max_lens.size(0), max_lens.device
     scores = torch.zeros(b, beam, device=device)  # [B, K]
     scores[:, 1:] = _NEG_INF  # otherwise step 0 would pick the same token K times
     return _Beams(
-        beam=beam,
         sent=torch.arange(b, device=device),
         max_lens=max_lens,
         done=torch.full((b, beam), _NEG_INF, device=device),
-        seqs=torch.empty(b * beam, 0, dtype=torch.long, device=device),
-        scores=scores.view(-1),  # [B*K]
+        seqs=torch.empty(b, beam, 0, dtype=torch.long, device=device),
+        scores=scores,
     )
 
 
 def _top_candidates(beams: _Beams, lprobs: Tensor, eos_id: int) -> _Candidates:
-    """Rank all extensions of each sentence's rows, like fairseq ``BeamSearch.step``.
+    """Rank all extensions of each sentence's hypotheses, like fairseq ``BeamSearch.step``.
 
     Args:
-        beams: Live rows, N = B' * K.
-        lprobs: Next-token log-probs [N, V]; overwritten with the cumulative scores.
+        beams: Live hypotheses [B', K].
+        lprobs: Next-token log-probs [B' * K, V]; overwritten with the cumulative scores.
     """
     vocab = lprobs.size(1)
-    cumulative = lprobs.add_(beams.scores.unsqueeze(1))  # [N, V]
-    flat = cumulative.view(-1, beams.beam * vocab)  # [B', K*V]
-    # 2K: each row has one eos, so at least K of them are not eos and can continue
+    cumulative = lprobs.view(*beams.scores.shape, vocab).add_(beams.scores.unsqueeze(2))
+    flat = cumulative.view(-1, beams.beam * vocab)  # [B', K, V] -> [B', K*V]
+    # 2K: each hypothesis has one eos, so at least K candidates are not eos and can continue
     scores, index = flat.topk(min(2 * beams.beam, flat.size(1)), dim=1)  # [B', 2K]
     tokens = index % vocab
     return _Candidates(scores, index // vocab, tokens, tokens == eos_id)
@@ -343,17 +339,19 @@ def _finalize(
     final = cands.is_eos[:, :k] & cands.scores[:, :k].isfinite()  # [B', K]
     if not final.any():
         return
-    penalty = length_penalty(beams.seqs.size(1) + 1, lenpen)  # same length for all: t + eos
+    penalty = length_penalty(beams.seqs.size(2) + 1, lenpen)  # same length for all: t + eos
     new = torch.where(final, cands.scores[:, :k] / penalty, _NEG_INF)  # [B', K]
     beams.done = torch.cat([beams.done, new], dim=1).topk(k, dim=1).values
     sent_idx, cand_idx = final.nonzero(as_tuple=True)  # [F] each
-    rows = sent_idx * k + cands.beams[sent_idx, cand_idx]  # [F]
-    sents, seqs = beams.sent[sent_idx].tolist(), beams.seqs[rows].tolist()
-    for s, seq, lp in zip(sents, seqs, cands.scores[sent_idx, cand_idx].tolist(), strict=True):
+    seqs = beams.seqs[sent_idx, cands.beams[sent_idx, cand_idx]].tolist()  # F x [t]
+    sents, lps = beams.sent[sent_idx].tolist(), cands.scores[sent_idx, cand_idx].tolist()
+    for s, seq, lp in zip(sents, seqs, lps, strict=True):
         finished[s].append(Hypothesis(seq, lp / penalty, lp))
 
 
-def _advance(beams: _Beams, cands: _Candidates, step: int, lenpen: float) -> tuple[_Beams, Tensor]:
+def _advance(
+    beams: _Beams, cands: _Candidates, step: int, lenpen: float
+) -> tuple[_Beams, Tensor, Tensor]:
     """Continue every unfinished sentence with its best K candidates that do not end in eos.
 
     A sentence leaves at its max length, or once its K best finished hypotheses all score at
@@ -364,8 +362,9 @@ def _advance(beams: _Beams, cands: _Candidates, step: int, lenpen: float) -> tup
     far better live hypothesis when weak ones end early.
 
     Returns:
-        The new beams, and rows [N'] of the current state to keep (repeats allowed) in the new
-        order, for ``state.reorder``; empty when every sentence is done.
+        The new beams; the sentences kept, as positions among the current ones [B'']; and the
+        slot each new hypothesis extends [B'', K] (repeats allowed). Both go to
+        ``state.reorder``; B'' is 0 when every sentence is done.
     """
     k, two_k = beams.beam, cands.scores.size(1)
     # eos candidates rank after all others, the rest keep their order (fairseq's trick)
@@ -375,17 +374,17 @@ def _advance(beams: _Beams, cands: _Candidates, step: int, lenpen: float) -> tup
     going = (beams.done[:, -1] < reachable) & (beams.max_lens > step)
     live = going.nonzero().squeeze(1)  # [B'']
     pick = rank[live].topk(k, dim=1, largest=False).indices  # [B'', K]
-    rows = (live.unsqueeze(1) * k + cands.beams[live].gather(1, pick)).view(-1)  # [N'=B''*K]
-    tokens = cands.tokens[live].gather(1, pick).view(-1)  # [N']
+    slots = cands.beams[live].gather(1, pick)  # [B'', K]
+    tokens = cands.tokens[live].gather(1, pick)  # [B'', K]
+    kept = beams.seqs[live.unsqueeze(1), slots]  # [B'', K, t]
     new = _Beams(
-        beam=k,
         sent=beams.sent[live],
         max_lens=beams.max_lens[live],
         done=beams.done[live],
-        seqs=torch.cat([beams.seqs[rows], tokens.unsqueeze(1)], dim=1),  # [N', t+1]
-        scores=cands.scores[live].gather(1, pick).view(-1),  # [N']
+        seqs=torch.cat([kept, tokens.unsqueeze(2)], dim=2),  # [B'', K, t+1]
+        scores=cands.scores[live].gather(1, pick),  # [B'', K]
     )
-    return new, rows
+    return new, live, slots
 
 
 @torch.no_grad()
@@ -393,15 +392,11 @@ def beam_search(
     model: IncrementalDecoder,
     src: Tensor,
     src_pad_mask: Tensor,
+    limits: Limits,
     *,
     beam: int,
     nbest: int = 1,
     lenpen: float = 1.0,
-    bos_id: int,
-    eos_id: int,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
-    max_len: int | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch with beam search; the decoder runs on B' * K rows per step.
 
@@ -410,8 +405,7 @@ def beam_search(
     then leave the state.
 
     Args:
-        model, src, src_pad_mask, bos_id, eos_id, max_len_a, max_len_b, max_len: As in
-            ``greedy_search``.
+        model, src, src_pad_mask, limits: As in ``greedy_search``.
         beam: Number of live hypotheses per sentence, K.
         nbest: How many finished hypotheses to return per sentence, at most ``beam``.
         lenpen: Exponent of the GNMT length penalty; 0 ranks by raw log-prob, larger favours
@@ -427,19 +421,18 @@ def beam_search(
         raise ValueError(f"beam search needs 1 <= nbest <= beam, got nbest={nbest}, beam={beam}.")
     if src.size(0) == 0:
         return []
-    max_lens = _max_output_lens(src_pad_mask, max_len_a, max_len_b, max_len)
+    stepper, max_lens = _start(model, src, src_pad_mask, limits, beam)
     n_steps, first_cap = int(max_lens.max()) + 1, int(max_lens.min())
-    stepper = _Stepper(model, src, src_pad_mask, n_steps, beam, eos_id)
     beams = _init_beams(max_lens, beam)
-    tokens = torch.full_like(beams.scores, bos_id, dtype=torch.long)  # [N]
+    tokens = torch.full_like(beams.scores, limits.bos_id, dtype=torch.long)  # [B, K]
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     for step in range(n_steps):
-        at_max = beams.max_lens.repeat_interleave(beam) <= step if step >= first_cap else None
-        cands = _top_candidates(beams, stepper(tokens, at_max), eos_id)
+        at_max = (beams.max_lens <= step).repeat_interleave(beam) if step >= first_cap else None
+        cands = _top_candidates(beams, stepper(tokens.reshape(-1), at_max), limits.eos_id)
         _finalize(beams, cands, lenpen, finished)
-        beams, rows = _advance(beams, cands, step, lenpen)
-        if rows.numel() == 0:
+        beams, live, slots = _advance(beams, cands, step, lenpen)
+        if live.numel() == 0:
             break
-        stepper.state.reorder(rows)
-        tokens = beams.seqs[:, -1]
+        stepper.state.reorder(live, slots)
+        tokens = beams.seqs[:, :, -1]  # [B'', K]
     return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]

@@ -34,7 +34,7 @@ from mt.loss import Seq2SeqLoss
 from mt.metrics import bleu
 from mt.rundir import RunDir
 from mt.runtime import Dist, all_reduce_max, all_reduce_sum, autocast
-from mt.search import greedy_search
+from mt.search import Limits, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from mt.tracking import Progress, Tracker
 
@@ -440,19 +440,13 @@ def evaluate_split(
     loss_fn = Seq2SeqLoss(model, label_smoothing, PAD_ID)
     loss_sum = nll_sum = tokens = 0.0
     hyps: dict[int, str] = {}
+    limits = Limits(BOS_ID, EOS_ID, max_len=data.max_len - 1)  # bos takes one of the positions
     for ids in eval_batches(data, max_tokens):
         batch = data.collate(ids).to(device)
         with autocast(precision, device):
             loss, nll = loss_fn(batch.src, batch.src_pad_mask, batch.tgt_in, batch.tgt_out)
             if with_bleu:
-                found = greedy_search(
-                    model,
-                    batch.src,
-                    batch.src_pad_mask,
-                    bos_id=BOS_ID,
-                    eos_id=EOS_ID,
-                    max_len=data.max_len - 1,  # the model's positions, bos included
-                )
+                found = greedy_search(model, batch.src, batch.src_pad_mask, limits)
                 texts = tokenizer.decode([h.tokens for h in found])
                 hyps.update(zip(batch.ids.tolist(), texts, strict=True))
         loss_sum, nll_sum = loss_sum + float(loss), nll_sum + float(nll)

@@ -21,10 +21,11 @@ import torch
 from mt.checkpoint import load_checkpoint
 from mt.clean import normalize
 from mt.config import DecodeConfig, TranslateConfig, validate_decode
+from mt.data import pack_batches
 from mt.errors import MTError
 from mt.rundir import RunDir
 from mt.runtime import autocast, pick_device, pick_precision
-from mt.search import Hypothesis, beam_search, greedy_search, sample
+from mt.search import Hypothesis, Limits, beam_search, greedy_search, sample
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 log = logging.getLogger("mt.translate")
@@ -82,26 +83,19 @@ def _normalize_form(ckpt: dict[str, Any]) -> str:
     return str(ckpt.get("config", {}).get("clean", {}).get("normalize", "NFC"))
 
 
-def batch_order(lengths: np.ndarray, max_tokens: int, batch_size: int) -> list[np.ndarray]:
-    """Indices sorted by length, cut into batches of <= batch_size and <= max_tokens padded."""
-    order = np.argsort(lengths, kind="stable")
-    batches, start = [], 0
-    for end in range(1, len(order) + 1):
-        too_many = end - start > batch_size or lengths[order[end - 1]] * (end - start) > max_tokens
-        if too_many and end - 1 > start:
-            batches.append(order[start : end - 1])
-            start = end - 1
-    if start < len(order):
-        batches.append(order[start:])
-    return batches
-
-
 class Translator:
     """Translates lists of sentences with one loaded run and decode settings."""
 
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
         self.run, self.decode, self.device, self.precision = run, decode, device, precision
         self.generator = torch.Generator(device=device).manual_seed(decode.seed)
+        self.limits = Limits(
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            max_len_a=decode.max_len_a,
+            max_len_b=decode.max_len_b,
+            max_len=run.max_len - 1,  # bos takes the first of the model's positions
+        )
 
     def _encode(self, lines: list[str], where: str, first_line: int) -> list[list[int]]:
         ids = self.run.src_tok.encode(normalize(lines, self.run.normalize_form))
@@ -119,31 +113,16 @@ class Translator:
         return ids
 
     def _search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
-        d, mask = self.decode, src == PAD_ID
-        common = dict(
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            max_len_a=d.max_len_a,
-            max_len_b=d.max_len_b,
-            max_len=self.run.max_len - 1,  # bos takes the first of the model's positions
-        )
+        d, mask, model, limits = self.decode, src == PAD_ID, self.run.model, self.limits
         if d.sampling:
             found = sample(
-                self.run.model,
-                src,
-                mask,
-                topk=d.topk,
-                topp=d.topp,
-                temperature=d.temperature,
+                model, src, mask, limits, topk=d.topk, topp=d.topp, temperature=d.temperature,
                 generator=self.generator,
-                **common,
-            )
+            )  # fmt: skip
             return [[h] for h in found]
         if d.beam == 1:
-            return [[h] for h in greedy_search(self.run.model, src, mask, **common)]
-        return beam_search(
-            self.run.model, src, mask, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen, **common
-        )
+            return [[h] for h in greedy_search(model, src, mask, limits)]
+        return beam_search(model, src, mask, limits, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen)
 
     def translate(self, lines: list[str], where: str = "<input>", first_line: int = 1):
         """n-best (text, score) lists for each line, in input order; empty lines give []."""
@@ -151,7 +130,9 @@ class Translator:
         results: list[list[tuple[str, float]]] = [[] for _ in lines]
         todo = np.array([i for i, seq in enumerate(ids) if seq], dtype=np.int64)
         lengths = np.array([len(ids[i]) + 1 for i in todo], dtype=np.int64)
-        for batch in batch_order(lengths, self.decode.max_tokens, self.decode.batch_size):
+        order = np.argsort(lengths, kind="stable")
+        d = self.decode
+        for batch in pack_batches(order, lengths, d.max_tokens, max_sentences=d.batch_size):
             rows = todo[batch]
             src = torch.full((len(rows), int(lengths[batch].max())), PAD_ID, dtype=torch.long)
             for r, i in enumerate(rows):

@@ -23,16 +23,14 @@ from pathlib import Path
 
 import sacrebleu
 import torch
-from omegaconf import OmegaConf
 
-from mt.config import DecodeConfig, ModelConfig
+from mt.config import DecodeConfig, ModelConfig, model_preset
 from mt.model import transformer
 from mt.runtime import autocast, pick_precision
-from mt.search import beam_search, greedy_search
+from mt.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from mt.translate import Translator, load_run
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 VOCAB = 8000
 CPU = torch.device("cpu")
 
@@ -56,11 +54,6 @@ class NoEos(torch.nn.Module):
         return logits
 
 
-def model_config(preset: str) -> ModelConfig:
-    yaml = OmegaConf.load(CONFIGS / "model" / f"{preset}.yaml")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), yaml))
-
-
 def build_hf(cfg: ModelConfig):
     from transformers import MarianConfig, MarianMTModel
 
@@ -79,12 +72,12 @@ def time_ours(model, batches, beam: int, length: int, precision: str) -> float:
     start = time.perf_counter()
     for src in batches:
         mask = src == PAD_ID
-        common = dict(bos_id=BOS_ID, eos_id=EOS_ID, max_len_a=0.0, max_len_b=length)
+        limits = Limits(BOS_ID, EOS_ID, max_len_a=0.0, max_len_b=length)
         with autocast(precision, CPU):
             if beam == 1:
-                greedy_search(model, src, mask, **common)
+                greedy_search(model, src, mask, limits)
             else:
-                beam_search(model, src, mask, beam=beam, **common)
+                beam_search(model, src, mask, limits, beam=beam)
     return time.perf_counter() - start
 
 
@@ -101,7 +94,7 @@ def time_hf(model, batches, beam: int, length: int, precision: str) -> float:
 
 def synthetic_speed(args, precision: str) -> dict:
     torch.manual_seed(0)
-    cfg = model_config(args.preset)
+    cfg = model_preset(args.preset)
     ours = NoEos(transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval())
     hf = build_hf(cfg)
     batches = [torch.randint(4, VOCAB, (64, args.length)) for _ in range(args.batches)]

@@ -8,6 +8,7 @@ with len = output tokens + eos.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -15,7 +16,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from mt.search import Hypothesis, beam_search, greedy_search, length_penalty, sample
+from mt.config import model_preset
+from mt.search import Hypothesis, Limits, beam_search, greedy_search, length_penalty, sample
 
 PAD, UNK, BOS, EOS, X, Y = 0, 1, 2, 3, 4, 5
 V = 6
@@ -34,7 +36,10 @@ class FakeState:
         self.step = 0
         self.rows_per_step: list[int] = []
 
-    def reorder(self, index: Tensor) -> None:
+    def reorder(self, sources: Tensor, beams: Tensor | None = None) -> None:
+        """The layout of mt.model.DecoderState: row b*K + j is slot j of source b."""
+        k = 1 if beams is None else beams.shape[1]
+        index = sources if beams is None else (sources.unsqueeze(1) * k + beams).view(-1)
         assert index.dtype == torch.long and index.numel() <= self.sent.numel()
         self.sent, self.fed = self.sent[index], self.fed[index]
 
@@ -141,7 +146,7 @@ def test_beam_batch_one_sentence_finishes_early() -> None:
     )
     src, mask = batch([3, 2])
     out = beam_search(
-        model, src, mask, beam=2, nbest=2, bos_id=BOS, eos_id=EOS, max_len_a=0.0, max_len_b=10
+        model, src, mask, Limits(BOS, EOS, max_len_a=0.0, max_len_b=10), beam=2, nbest=2
     )
     # sentence 0
     # step 0: only row 0 expands: X .9, Y .1 -> both continue
@@ -181,7 +186,7 @@ def test_beam_nbest_sorted_and_lenpen_changes_winner(lenpen: float) -> None:
     model = FakeDecoder(script(LENPEN_SCRIPT))
     src, mask = batch([4])
     (out,) = beam_search(
-        model, src, mask, beam=2, nbest=2, lenpen=lenpen, bos_id=BOS, eos_id=EOS, max_len_b=5
+        model, src, mask, Limits(BOS, EOS, max_len_b=5), beam=2, nbest=2, lenpen=lenpen
     )
     # step 0: X .5, eos .4 (top 2) -> finalize [] log .4 = -0.91629, penalty (6/6)**lenpen = 1
     # step 1: X-eos .35, XX .15, Y-eos .1 -> finalize [X] log .35 = -1.04982: 2 finished, done
@@ -199,9 +204,7 @@ def test_beam_nbest_sorted_and_lenpen_changes_winner(lenpen: float) -> None:
 
 def test_beam_nbest_defaults_to_best_only() -> None:
     src, mask = batch([4])
-    (out,) = beam_search(
-        FakeDecoder(script(LENPEN_SCRIPT)), src, mask, beam=2, bos_id=BOS, eos_id=EOS
-    )
+    (out,) = beam_search(FakeDecoder(script(LENPEN_SCRIPT)), src, mask, Limits(BOS, EOS), beam=2)
     assert [h.tokens for h in out] == [[X]]
 
 
@@ -218,7 +221,7 @@ def test_beam_forces_eos_at_max_length() -> None:
     model = FakeDecoder(max_length_probs)
     src, mask = batch([5])
     (out,) = beam_search(
-        model, src, mask, beam=2, nbest=2, bos_id=BOS, eos_id=EOS, max_len_a=0.0, max_len_b=2
+        model, src, mask, Limits(BOS, EOS, max_len_a=0.0, max_len_b=2), beam=2, nbest=2
     )
     # max length 2 = int(0 * 5 + 2) tokens, then eos
     # step 0: X .6, Y .3, eos .1 (3rd: dropped) -> continue X, Y
@@ -233,7 +236,7 @@ def test_beam_forces_eos_at_max_length() -> None:
 def test_greedy_forces_eos_at_max_length() -> None:
     src, mask = batch([5])
     (hyp,) = greedy_search(
-        FakeDecoder(max_length_probs), src, mask, bos_id=BOS, eos_id=EOS, max_len_a=0.0, max_len_b=2
+        FakeDecoder(max_length_probs), src, mask, Limits(BOS, EOS, max_len_a=0.0, max_len_b=2)
     )
     check(hyp, [X, X], 0.6 * 0.5 * 0.1, -2.62992)  # X, X, then forced eos: as beam's best
 
@@ -250,7 +253,7 @@ def test_greedy_drops_finished_rows() -> None:
         )
     )
     src, mask = batch([2, 3])
-    out = greedy_search(model, src, mask, bos_id=BOS, eos_id=EOS)
+    out = greedy_search(model, src, mask, Limits(BOS, EOS))
     # sentence 0: eos at step 0: [] log .6 = -0.51083, penalty 1
     # sentence 1: X .7, Y .8, eos .9: [X Y] log .504 = -0.68518, / (8/6) = -0.51388
     # (the strict script has no (0, (EOS,)): the finished row must not be decoded again)
@@ -265,9 +268,9 @@ SRC_LENGTHS = [1, 3, 5, 2, 4, 6]  # max lengths int(1.0 * len + 1): 2, 4, 6, 3, 
 def test_beam_one_equals_greedy() -> None:
     model = FakeDecoder(random_probs())
     src, mask = batch(SRC_LENGTHS)
-    kwargs = {"bos_id": BOS, "eos_id": EOS, "max_len_a": 1.0, "max_len_b": 1}
-    greedy = greedy_search(model, src, mask, **kwargs)
-    beam = [hyps[0] for hyps in beam_search(model, src, mask, beam=1, **kwargs)]
+    limits = Limits(BOS, EOS, max_len_a=1.0, max_len_b=1)
+    greedy = greedy_search(model, src, mask, limits)
+    beam = [hyps[0] for hyps in beam_search(model, src, mask, limits, beam=1)]
     assert [h.tokens for h in beam] == [h.tokens for h in greedy]
     assert [h.score for h in beam] == pytest.approx([h.score for h in greedy], abs=1e-6)
     assert [h.logprob for h in beam] == pytest.approx([h.logprob for h in greedy], abs=1e-6)
@@ -278,8 +281,8 @@ def test_beam_one_equals_greedy() -> None:
 def test_beam_hypotheses_are_consistent(beam: int) -> None:
     probs = random_probs()
     src, mask = batch(SRC_LENGTHS)
-    kwargs = {"bos_id": BOS, "eos_id": EOS, "max_len_a": 1.0, "max_len_b": 1}
-    out = beam_search(FakeDecoder(probs), src, mask, beam=beam, nbest=beam, lenpen=0.6, **kwargs)
+    limits = Limits(BOS, EOS, max_len_a=1.0, max_len_b=1)
+    out = beam_search(FakeDecoder(probs), src, mask, limits, beam=beam, nbest=beam, lenpen=0.6)
     for sent, (hyps, n) in enumerate(zip(out, SRC_LENGTHS, strict=True)):
         assert 1 <= len(hyps) <= beam
         assert len({tuple(h.tokens) for h in hyps}) == len(hyps)
@@ -293,14 +296,14 @@ def test_beam_hypotheses_are_consistent(beam: int) -> None:
 def test_beam_rejects_nbest_above_beam() -> None:
     src, mask = batch([2])
     with pytest.raises(ValueError, match="nbest"):
-        beam_search(FakeDecoder(random_probs()), src, mask, beam=2, nbest=3, bos_id=BOS, eos_id=EOS)
+        beam_search(FakeDecoder(random_probs()), src, mask, Limits(BOS, EOS), beam=2, nbest=3)
 
 
 def test_sample_topk_one_equals_greedy() -> None:
     model = FakeDecoder(random_probs())
     src, mask = batch(SRC_LENGTHS)
-    greedy = greedy_search(model, src, mask, bos_id=BOS, eos_id=EOS, max_len_a=1.0, max_len_b=1)
-    drawn = sample(model, src, mask, topk=1, bos_id=BOS, eos_id=EOS, max_len_a=1.0, max_len_b=1)
+    greedy = greedy_search(model, src, mask, Limits(BOS, EOS, max_len_a=1.0, max_len_b=1))
+    drawn = sample(model, src, mask, Limits(BOS, EOS, max_len_a=1.0, max_len_b=1), topk=1)
     assert [h.tokens for h in drawn] == [h.tokens for h in greedy]
     assert [h.score for h in drawn] == pytest.approx([h.score for h in greedy], abs=1e-6)
 
@@ -314,8 +317,8 @@ def test_sample_stays_in_top_k_and_nucleus(topk: int, topp: float, allowed: set[
     src, mask = batch([3] * 200)
     model = FakeDecoder(lambda sent, prefix: FLAT)
     gen = torch.Generator().manual_seed(0)
-    kwargs = {"bos_id": BOS, "eos_id": EOS, "max_len_a": 0.0, "max_len_b": 3}
-    out = sample(model, src, mask, topk=topk, topp=topp, generator=gen, **kwargs)
+    limits = Limits(BOS, EOS, max_len_a=0.0, max_len_b=3)
+    out = sample(model, src, mask, limits, topk=topk, topp=topp, generator=gen)
     drawn = [token for h in out for token in h.tokens]
     # eos is outside the allowed set, so every output runs to the max length 3 (then forced eos)
     assert all(len(h.tokens) == 3 for h in out)
@@ -330,9 +333,9 @@ def test_sample_is_reproducible_with_a_seeded_generator() -> None:
 
     def draw(seed: int) -> list[Hypothesis]:
         gen = torch.Generator().manual_seed(seed)
-        kwargs = {"bos_id": BOS, "eos_id": EOS, "max_len_a": 1.0}
+        limits = Limits(BOS, EOS, max_len_a=1.0)
         return sample(
-            FakeDecoder(random_probs()), src, mask, temperature=1.5, generator=gen, **kwargs
+            FakeDecoder(random_probs()), src, mask, limits, temperature=1.5, generator=gen
         )
 
     assert draw(1) == draw(1)
@@ -348,21 +351,23 @@ def test_sample_is_reproducible_with_a_seeded_generator() -> None:
 def test_sample_rejects_bad_arguments(kwargs: dict[str, float]) -> None:
     src, mask = batch([2])
     with pytest.raises(ValueError, match="sample needs"):
-        sample(FakeDecoder(random_probs()), src, mask, bos_id=BOS, eos_id=EOS, **kwargs)
+        sample(FakeDecoder(random_probs()), src, mask, Limits(BOS, EOS), **kwargs)
 
 
 def test_real_model_beam_one_equals_greedy() -> None:
     mt_model = pytest.importorskip("mt.model")
     torch.manual_seed(0)
-    model = mt_model.transformer_tiny(24, 24).eval()
+    model = mt_model.transformer(
+        src_vocab_size=24, tgt_vocab_size=24, **dataclasses.asdict(model_preset("tiny"))
+    ).eval()
     src, mask = batch([7, 4, 1])
     src = torch.randint(4, 24, src.shape).masked_fill(mask, PAD)
-    kwargs = {"bos_id": BOS, "eos_id": EOS, "max_len_a": 1.0, "max_len_b": 3}
-    greedy = greedy_search(model, src, mask, **kwargs)
-    beam = [hyps[0] for hyps in beam_search(model, src, mask, beam=1, **kwargs)]
+    limits = Limits(BOS, EOS, max_len_a=1.0, max_len_b=3)
+    greedy = greedy_search(model, src, mask, limits)
+    beam = [hyps[0] for hyps in beam_search(model, src, mask, limits, beam=1)]
     assert [h.tokens for h in beam] == [h.tokens for h in greedy]
     assert [h.score for h in beam] == pytest.approx([h.score for h in greedy], abs=1e-4)
-    wide = beam_search(model, src, mask, beam=4, nbest=4, **kwargs)
+    wide = beam_search(model, src, mask, limits, beam=4, nbest=4)
     assert all(1 <= len(hyps) <= 4 for hyps in wide)
 
 
@@ -391,9 +396,9 @@ def test_outputs_never_outrun_the_models_positions() -> None:
     src, mask = batch([7, 3])
     src = torch.randint(4, 24, src.shape).masked_fill(mask, PAD)
     # a * 7 + b = 31 tokens asked for, but 8 positions hold bos + 7 tokens
-    kwargs = {"bos_id": BOS, "eos_id": EOS, "max_len_a": 3.0, "max_len_b": 10, "max_len": 7}
-    assert [len(h.tokens) for h in greedy_search(model, src, mask, **kwargs)] == [7, 7]
-    found = beam_search(model, src, mask, beam=3, **kwargs)
+    limits = Limits(BOS, EOS, max_len_a=3.0, max_len_b=10, max_len=7)
+    assert [len(h.tokens) for h in greedy_search(model, src, mask, limits)] == [7, 7]
+    found = beam_search(model, src, mask, limits, beam=3)
     assert [len(hyps[0].tokens) for hyps in found] == [7, 7]
     with pytest.raises(IndexError):  # what the cap prevents
-        greedy_search(model, src, mask, **{**kwargs, "max_len": None})
+        greedy_search(model, src, mask, dataclasses.replace(limits, max_len=None))

@@ -10,7 +10,7 @@ import torch
 
 from mt.checkpoint import load_checkpoint
 from mt.model import transformer
-from mt.search import greedy_search
+from mt.search import Limits, greedy_search
 from mt.shards import Shard
 from mt.tokenizer import BOS_ID, EOS_ID
 from mt.train import run_train
@@ -30,7 +30,7 @@ def test_tiny_model_overfits_32_pairs_and_reproduces_them(overfit_run):
     src, tgt = Shard.load(data, "train", "src"), Shard.load(data, "train", "tgt")
     for i in range(4):
         ids = torch.tensor([[*src[i].tolist(), EOS_ID]])
-        hyp = greedy_search(model, ids, ids == 0, bos_id=BOS_ID, eos_id=EOS_ID)[0]
+        hyp = greedy_search(model, ids, ids == 0, Limits(BOS_ID, EOS_ID))[0]
         assert hyp.tokens == tgt[i].tolist()
 
 
@@ -49,6 +49,9 @@ def test_resume_matches_an_uninterrupted_run(prepared_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16 matmuls"
+)
 def test_bf16_autocast_trains_on_cpu(prepared_dir, tmp_path):
     results = run_train(
         train_config(prepared_dir, tmp_path / "r", "train.max_steps=6", "train.precision=bf16")

@@ -7,7 +7,7 @@ import pytest
 
 from mt.config import DecodeConfig
 from mt.errors import MTError
-from mt.translate import Translator, batch_order, load_run, one_line, read_buffers
+from mt.translate import Translator, load_run, one_line, read_buffers
 from tests.test_cli import MT, assert_clean_error, mt
 
 
@@ -147,11 +147,14 @@ def test_vocabulary_mismatch_is_a_clear_error(overfit_run, tmp_path, prepared_di
         load_run(copy, None, None)
 
 
-def test_batch_order_respects_limits():
+def test_translation_batches_respect_both_limits():
     import numpy as np
 
+    from mt.data import pack_batches
+
     lengths = np.array([5, 1, 9, 3, 3, 7])
-    batches = batch_order(lengths, max_tokens=12, batch_size=2)
+    order = np.argsort(lengths, kind="stable")
+    batches = pack_batches(order, lengths, max_tokens=12, max_sentences=2)
     assert sorted(np.concatenate(batches).tolist()) == list(range(6))
     for b in batches:
         assert len(b) <= 2 and (len(b) == 1 or lengths[b].max() * len(b) <= 12)

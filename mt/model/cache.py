@@ -2,7 +2,8 @@
 
 `KVCache` holds one attention layer's keys and values: preallocated and appended to for decoder
 self-attention, filled once from the encoder memory for cross-attention. `DecoderState` bundles the
-caches of every decoder layer with the memory mask and the step counter, and reorders them together.
+caches of every decoder layer with the memory mask and the step counter, owns the layout of K rows
+per source, and reorders them together.
 """
 
 from __future__ import annotations
@@ -112,11 +113,15 @@ class KVCache:
 class DecoderState:
     """Everything the decoder carries between `decode_step` calls.
 
+    It owns the row layout of beam search: with K rows per source, row b*K + j is hypothesis j
+    of source b (N = B * K rows). Sources keep their cross-attention K/V and memory mask once;
+    `reorder` is the only way rows move, and search speaks to it in (source, beam) terms.
+
     Args:
         self_caches: Per-layer self-attention caches for N rows, preallocated for max_len steps.
         cross_caches: Per-layer cross-attention K/V computed once per source sentence [B, ...].
         memory_mask: Bool [B, 1, 1, S], True where the memory may be attended (not padding).
-        rows_per_source: K; rows b*K .. b*K+K-1 decode source b (N = B * K).
+        rows_per_source: K.
     """
 
     def __init__(
@@ -133,22 +138,36 @@ class DecoderState:
         self.n_rows = memory_mask.shape[0] * rows_per_source  # N
         self.step = 0  # number of target positions already decoded
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep/reorder rows: row i becomes old row `index[i]` (index LongTensor [N']).
+    @property
+    def n_sources(self) -> int:
+        """B: sources whose rows are live."""
+        return self.memory_mask.shape[0]
 
-        With K rows per source, every group of K new rows must come from one source (beam
-        search reorders beams within a sentence and drops whole sentences); the per-source
-        cross-attention K/V and mask move only when the set of sources changes.
+    def reorder(self, sources: Tensor, beams: Tensor | None = None) -> None:
+        """Keep, drop, reorder or repeat rows, source by source.
+
+        New source i is old source `sources[i]`; its new row i*K + j continues old row
+        `sources[i]*K + beams[i, j]` (beam search keeps a sentence's best extensions, repeats
+        allowed, and drops finished sentences).
+
+        Args:
+            sources: LongTensor [B'], old source of each new source (repeats allowed).
+            beams: LongTensor [B', K] of old beam slots in [0, K); None when K is 1.
         """
+        k = self.rows_per_source
+        if beams is None:
+            if k != 1:
+                raise ValueError(f"reorder needs beams with {k} rows per source.")
+            rows = sources
+        else:
+            rows = (sources.unsqueeze(1) * k + beams).view(-1)  # [B', K] -> [N' = B' * K]
         for cache in self.self_caches:
-            cache.reorder(index)
-        sources = index[:: self.rows_per_source] // self.rows_per_source  # [N' / K]
-        n_src = self.memory_mask.shape[0]
-        unchanged = sources.shape[0] == n_src and bool(
-            (sources == torch.arange(n_src, device=sources.device)).all()
+            cache.reorder(rows)
+        unchanged = sources.shape[0] == self.n_sources and bool(
+            (sources == torch.arange(self.n_sources, device=sources.device)).all()
         )
-        if not unchanged:
+        if not unchanged:  # the per-source K/V and mask move only when the sources change
             for cache in self.cross_caches:
                 cache.reorder(sources)
             self.memory_mask = self.memory_mask.index_select(0, sources)
-        self.n_rows = index.shape[0]
+        self.n_rows = rows.shape[0]

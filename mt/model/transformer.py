@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import cast
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.model.cache import DecoderState, KVCache
 from mt.model.layers import DecoderLayer, Embeddings, EncoderLayer
 from mt.model.packing import Packing
-from mt.model.precision import linear, step_cache_dtype
+from mt.model.precision import step_cache_dtype
 
 
 def attend_mask(src_pad_mask: Tensor) -> Tensor:
@@ -89,6 +90,7 @@ class Decoder(nn.Module):
         """tokens [N] at position `state.step` -> hidden [N, D]; appends to the caches."""
         packing = Packing.dense(tokens.shape[0], 1, tokens.device)  # one token per row
         # cross-attention sees the K rows of a source as K queries of one sequence: [B, K]
+        # (the rows of DecoderState's layout, grouped by source)
         k_rows = state.rows_per_source
         cross_packing = Packing.dense(tokens.shape[0] // k_rows, k_rows, tokens.device)
         x = self.embed(tokens, tokens.new_full(tokens.shape, state.step))
@@ -142,7 +144,7 @@ class Seq2Seq(nn.Module):
 
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden [..., D] -> logits [..., V] with the tied target embedding (no bias)."""
-        return linear(hidden, self.decoder.embed.tokens.weight)
+        return F.linear(hidden, self.decoder.embed.tokens.weight)
 
     def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits; pad positions of tgt_in are skipped and get all-zero logits.
@@ -173,9 +175,9 @@ class Seq2Seq(nn.Module):
             memory: Encoder output [B, S, D], one row per source sentence.
             src_pad_mask: Bool [B, S], True at source padding.
             max_len: Number of decode steps the self-attention caches must hold.
-            rows_per_source: K rows decode each source (beam search: the beam size). Rows
-                b*K .. b*K+K-1 share source b: its cross-attention K/V are stored once and its
-                K queries attend to them together, so beams never copy the memory.
+            rows_per_source: K rows decode each source (beam search: the beam size), laid
+                out as `DecoderState` says; a source's cross-attention K/V are stored once and
+                its K queries attend to them together, so beams never copy the memory.
 
         Returns:
             State with cross-attention K/V computed once per layer and empty self-attention caches.

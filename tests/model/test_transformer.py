@@ -1,17 +1,27 @@
 """Seq2Seq properties: shapes, padding invariance, causality, cached decoding, reorder, training."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mt.model import DecoderState, Seq2Seq, transformer_tiny
+from mt.config import model_preset
+from mt.model import DecoderState, Seq2Seq, transformer
 
 V, PAD, BOS = 50, 0, 2
 
 
+def _tiny(**overrides: object) -> Seq2Seq:
+    """The configs/model/tiny.yaml model over a joint vocabulary of V."""
+    return transformer(
+        src_vocab_size=V, tgt_vocab_size=V, **asdict(model_preset("tiny", **overrides))
+    )
+
+
 def _model(**overrides: object) -> Seq2Seq:
     torch.manual_seed(0)
-    return transformer_tiny(V, V, **overrides).eval()
+    return _tiny(**overrides).eval()
 
 
 def _src(lengths: list[int], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +178,7 @@ def test_bf16_autocast_forward_backward_close_to_fp32() -> None:
 
 def test_tiny_model_overfits_a_small_batch() -> None:
     torch.manual_seed(0)
-    model = transformer_tiny(V, V, dropout=0.0)
+    model = _tiny(dropout=0.0)
     src, pad_mask = _src([8, 5, 7, 6, 8, 4, 3, 8])
     tgt = torch.randint(4, V, (8, 9))
     tgt[:, 0] = BOS
@@ -180,3 +190,33 @@ def test_tiny_model_overfits_a_small_batch() -> None:
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05  # from ln(50) ~ 3.9: it memorised the batch
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_k_rows_per_source_equal_one_row_per_copy_of_the_memory(k: int) -> None:
+    """DecoderState's beam layout: K rows sharing one source's memory decode exactly like K
+    independent rows over repeated copies of it, through beam reorders that repeat slots and
+    drop sources."""
+    model = _model()
+    src, pad_mask = _src([6, 2, 4])
+    gen = torch.Generator().manual_seed(k)
+    tokens = torch.randint(4, V, (3 * k, 6), generator=gen)  # [B*K, T] rows as the state has them
+    tokens[:, 0] = BOS
+    with torch.no_grad():
+        memory = model.encode(src, pad_mask)
+        shared = model.init_state(memory, pad_mask, max_len=8, rows_per_source=k)
+        copies = model.init_state(
+            memory.repeat_interleave(k, 0), pad_mask.repeat_interleave(k, 0), max_len=8
+        )
+        for t in range(tokens.shape[1]):
+            a = model.decode_step(tokens[:, t], shared)
+            b = model.decode_step(tokens[:, t], copies)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            sources = torch.tensor([0, 2] if t == 2 else list(range(shared.n_sources)))
+            beams = torch.randint(0, k, (len(sources), k), generator=gen)
+            shared.reorder(sources, beams)
+            # the same rows named one by one: source b's slot j is row b*K + j
+            copies.reorder((sources.unsqueeze(1) * k + beams).view(-1))
+            if t == 2:
+                tokens = tokens.view(3, k, -1)[[0, 2]].reshape(2 * k, -1)
+    assert shared.n_rows == copies.n_rows == 2 * k and shared.n_sources == 2

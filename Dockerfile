@@ -8,8 +8,10 @@ COPY pyproject.toml README.md ./
 COPY mt ./mt
 COPY configs ./configs
 COPY scripts ./scripts
+# A regular (not editable) install, as from a wheel: the configs ship inside the package.
 # torch comes with the base image (CUDA build); pip keeps it since it satisfies torch>=2.4
-RUN pip install --no-cache-dir -e . && mt --help
+RUN pip install --no-cache-dir . && cd / && mt --version && mt train --cfg job > /dev/null
+WORKDIR /work
 
 ENTRYPOINT ["mt"]
 CMD ["--help"]

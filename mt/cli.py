@@ -12,11 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mt import __version__
 from mt.config import CONFIG_DIR, ConfigError, register_configs
 from mt.errors import MTError, Stopped
 
@@ -38,7 +40,12 @@ log = logging.getLogger("mt")
 
 
 def _usage() -> str:
-    lines = ["usage: mt <stage> [key=value ...] [--help] [--cfg job]", "", "stages:"]
+    lines = [
+        "usage: mt <stage> [key=value ...] [--config-dir DIR] [--help] [--cfg job]",
+        "       mt --version",
+        "",
+        "stages:",
+    ]
     lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in STAGES.items()]
     lines += ["", "Run `mt <stage> --help` for a stage's options (Hydra overrides)."]
     return "\n".join(lines)
@@ -145,10 +152,38 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(141)
 
 
+def _take_config_dirs(stage: str, args: list[str]) -> tuple[list[str], list[str]]:
+    """Split `--config-dir DIR` / `--config-dir=DIR` / `-cd DIR` off the arguments.
+
+    Returns the other arguments and the absolute folders, which join Hydra's search path after
+    mt's own configs: a user's `experiment/mine.yaml` there is `experiment=mine`.
+    """
+    rest, dirs = [], []
+    it = iter(args)
+    for arg in it:
+        if arg in ("--config-dir", "-cd"):
+            value = next(it, None)
+            if value is None:
+                _fail(stage, f"{arg} needs a folder: {arg} DIR.")
+        elif arg.startswith("--config-dir="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+            continue
+        folder = Path(value).expanduser().resolve()
+        if not folder.is_dir():
+            _fail(stage, f"--config-dir {value} is not a folder.")
+        dirs.append(folder)
+    return rest, dirs
+
+
 def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         sys.exit(0 if args else EXIT_USAGE)
+    if args[0] in ("-V", "--version"):
+        print(f"mt {__version__}")
+        return
     stage, rest = args[0], args[1:]
     if stage not in STAGES:
         _fail(stage, f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}.")
@@ -156,10 +191,12 @@ def _main(args: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     register_configs()
     run = getattr(importlib.import_module(module), func)
-    rest = _merge_repeated(rest)
+    rest, config_dirs = _take_config_dirs(stage, _merge_repeated(rest))
     if any(arg.startswith("-") for arg in rest):
-        _hydra_entry(stage, run, rest)
+        _hydra_entry(stage, run, [*rest, *(f"--config-dir={d}" for d in config_dirs[:1])])
         return
+    if config_dirs:
+        rest = [*rest, f"hydra.searchpath=[{','.join(f'file://{d}' for d in config_dirs)}]"]
     try:
         cfg = _compose(stage, rest)
     except (OmegaConfBaseException, ConfigError) as exc:

@@ -7,6 +7,7 @@ that names the key. `model_preset` reads a configs/model/ preset the same way wi
 
 from __future__ import annotations
 
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -14,7 +15,15 @@ from typing import Any, cast
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """The Hydra config tree: mt/configs in an installed package (a wheel maps the repository's
+    configs/ there), else configs/ beside the package in a source checkout or editable install."""
+    shipped = Path(str(importlib.resources.files("mt").joinpath("configs")))
+    return shipped if shipped.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 
 class ConfigError(ValueError):

@@ -28,12 +28,24 @@ class CleanReport:
     """Pairs a filter would catch but that were kept (validation and test splits)."""
 
 
+def _squash(line: str) -> str:
+    """`line` stripped, with every whitespace run as one space; the same object if clean already.
+
+    Keeping the object matters at scale: millions of already-clean lines then cost no copies.
+    A printable string holds no whitespace but " ", so it is clean unless spaces lead, trail
+    or repeat.
+    """
+    if line.isprintable() and "  " not in line and line[:1] != " " and line[-1:] != " ":
+        return line
+    return " ".join(line.split())
+
+
 def normalize(lines: list[str], form: str) -> list[str]:
     """Strip, collapse whitespace runs to one space and apply a Unicode normalization form."""
     if form == "none":
-        return [" ".join(line.split()) for line in lines]
+        return [_squash(line) for line in lines]
     norm, is_norm = unicodedata.normalize, unicodedata.is_normalized
-    return [" ".join((line if is_norm(form, line) else norm(form, line)).split()) for line in lines]
+    return [_squash(line if is_norm(form, line) else norm(form, line)) for line in lines]
 
 
 def _reason(n_src: int, n_tgt: int, cfg: CleanConfig) -> str | None:

@@ -191,6 +191,7 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
             return old
     timings["load"] = time.perf_counter() - start
     splits, reports = _clean(corpus, cfg)
+    corpus.splits.clear()  # the raw text is not needed again: free it before SentencePiece
     timings["clean"] = time.perf_counter() - start - timings["load"]
     build = out.parent / f".{out.name}.build-{os.getpid()}"
     build.mkdir(parents=True)

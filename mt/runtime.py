@@ -103,10 +103,10 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_max(value: float, device: torch.device) -> float:
-    """Maximum of a float over ranks (identity without a process group)."""
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise maximum of floats over ranks (identity without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return t.tolist()

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ class Stopwatch:
     """Training seconds of a run across sessions, read by the trainer and the LR schedule.
 
     It reads 0 until `resume` starts it, then what earlier sessions trained plus this
-    session's wall time as of the last `tick` (under DDP, the slowest rank's, after `agree`).
+    session's wall time as of the last `tick` (under DDP the trainer then sets the slowest
+    rank's reading, so every rank's schedule and limits see the same time).
     """
 
     def __init__(self) -> None:
@@ -75,11 +77,6 @@ class Stopwatch:
         """Read the clock: seconds trained so far, this session included."""
         if self._start is not None:
             self.elapsed_s = self._before + time.perf_counter() - self._start
-        return self.elapsed_s
-
-    def agree(self, device: torch.device) -> float:
-        """Take the largest reading over ranks, so every rank stops at the same step."""
-        self.elapsed_s = all_reduce_max(self.elapsed_s, device)
         return self.elapsed_s
 
     def __call__(self) -> float:
@@ -164,13 +161,18 @@ class Trainer:
         self.extra_state = extra_state or {}
         self.state = TrainState()
         self.stop_reason = ""
-        self.stop_signal = ""  # set by request_stop (a signal handler): checkpoint, then stop
+        self.stop_signal = ""  # a stop request all ranks agreed on: checkpoint, then stop
+        self._requested = ""  # set by request_stop (a signal handler), on this rank only
         self.bad_steps = 0
         self._window = _Window()  # log scalars since the last log line
 
-    def request_stop(self, reason: str) -> None:
-        """Checkpoint and stop after the current step (safe to call from a signal handler)."""
-        self.stop_signal = reason
+    def request_stop(self, signal_name: str) -> None:
+        """Checkpoint and stop after the current step (called by a signal handler).
+
+        Args:
+            signal_name: The signal's name, e.g. "SIGTERM"; its number sets the exit status.
+        """
+        self._requested = signal_name
 
     # ------------------------------------------------------------------ one update
 
@@ -318,8 +320,7 @@ class Trainer:
         """Advance the clock, log every log_every steps, validate every valid_every steps."""
         state, cfg = self.state, self.cfg
         self.clock.tick()
-        if self.dist.world > 1:  # ranks must agree on the clock, or one would wait forever
-            self.clock.agree(self.device)
+        self._agree_with_ranks()
         state.elapsed_s = self.clock()
         self._window.add(result)
         if state.step % cfg.log_every == 0:
@@ -329,6 +330,23 @@ class Trainer:
             paused = time.perf_counter()
             self._validate_and_save()
             self._window.start += time.perf_counter() - paused  # tokens/s: training time only
+
+    def _agree_with_ranks(self) -> None:
+        """Settle the clock and stop requests after an update; under DDP, over all ranks.
+
+        Every rank takes the slowest rank's clock and any rank's stop request, so all stop
+        after the same update: one rank leaving early (past a time limit by its own clock, or
+        signalled a moment before the others) would leave the rest waiting in the next
+        all-reduce forever.
+        """
+        if self.dist.world == 1:
+            self.stop_signal = self._requested
+            return
+        signum = signal.Signals[self._requested].value if self._requested else 0
+        elapsed, signum = all_reduce_max([self.clock(), float(signum)], self.device)
+        self.clock.elapsed_s = elapsed
+        if signum:
+            self.stop_signal = signal.Signals(int(signum)).name
 
     def _remaining_groups(self) -> Iterator[list[Batch]]:
         """The rest of the current epoch's batches from the saved position, update_freq at a

@@ -2,16 +2,20 @@
 
     python scripts/bench_prepare.py [--pairs 1000000] [--multi30k ../shared/data/multi30k]
 
-Prints pairs/s for loading, cleaning, SentencePiece training and encoding, separately, then one
-JSON line with every figure. Each run uses force=true so nothing is reused.
+Prints pairs/s for loading, cleaning, SentencePiece training and encoding, separately, and the
+peak resident memory of each prepare run (in its own process), then one JSON line with every
+figure. Each run uses force=true so nothing is reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import multiprocessing
 import os
 import random
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -30,27 +34,41 @@ WORDS = [
 
 
 def synthetic_corpus(folder: Path, pairs: int, seed: int = 0) -> Path:
-    """Write train/valid/test .en/.de files of Zipf-ish random words, `pairs` training pairs."""
+    """Write train/valid/test .en/.de files of Zipf-ish random words, `pairs` training pairs.
+
+    Lines are written 100,000 at a time, so generating millions of pairs needs little memory.
+    """
     rng = random.Random(seed)
-    weights = [1.0 / (rank + 1) for rank in range(len(WORDS))]
+    cum_weights = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(WORDS))))
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", pairs), ("valid", 1000), ("test", 1000)):
-        lengths = [rng.randint(4, 30) for _ in range(n)]
-        words = rng.choices(WORDS, weights, k=sum(lengths) * 2)
-        lines, pos = [], 0
-        for length in lengths:
-            lines.append(" ".join(words[pos : pos + length]))
-            pos += length
-        (folder / f"{split}.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tgt, pos = [], len(words) // 2
-        for length in lengths:
-            tgt.append(" ".join(words[pos : pos + length]))
-            pos += length
-        (folder / f"{split}.de").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+        with (
+            open(folder / f"{split}.en", "w", encoding="utf-8") as en,
+            open(folder / f"{split}.de", "w", encoding="utf-8") as de,
+        ):
+            for start in range(0, n, 100_000):
+                for side in (en, de):
+                    lengths = [rng.randint(4, 30) for _ in range(min(100_000, n - start))]
+                    words = rng.choices(WORDS, cum_weights=cum_weights, k=sum(lengths))
+                    lines, pos = [], 0
+                    for length in lengths:
+                        lines.append(" ".join(words[pos : pos + length]))
+                        pos += length
+                    side.write("\n".join(lines) + "\n")
     return folder
 
 
 def time_prepare(name: str, data: DataConfig, out: Path) -> dict[str, float]:
+    """Run prepare in a fresh process, so its peak resident memory is prepare's own."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        row = pool.apply(_time_prepare, (name, data, out))
+    # Linux: the largest resident set of any finished child, in KiB
+    row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    print(f"{name:<10} peak resident memory {row['peak_rss_mb']:,} MB", flush=True)
+    return row
+
+
+def _time_prepare(name: str, data: DataConfig, out: Path) -> dict[str, float]:
     cfg = PrepareConfig(
         data=data, clean=CleanConfig(), spm=SpmConfig(), out_dir=str(out), force=True
     )

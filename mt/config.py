@@ -292,8 +292,8 @@ class EvalConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     report: str | None = None
     """Also write the scores as JSON to this file."""
-    metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf", "ter"])
-    """Metrics to compute: bleu, chrf, ter."""
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "bleu_lc", "chrf", "ter"])
+    """Metrics to compute: bleu (cased), bleu_lc (lowercased, as `sacrebleu -lc`), chrf, ter."""
     bootstrap_samples: int = 1000
     """Paired bootstrap resamples when comparing systems."""
     device: str = "auto"

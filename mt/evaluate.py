@@ -11,12 +11,12 @@ from typing import Any
 from mt.config import EvalConfig, validate_decode
 from mt.corpus import read_lines
 from mt.errors import MTError
-from mt.metrics import Score, bleu, chrf, paired_bootstrap, ter
+from mt.metrics import Score, bleu, bleu_lc, chrf, paired_bootstrap, ter
 from mt.translate import Translator, as_list, load_run, setup_inference, translate_files
 
 log = logging.getLogger("mt.eval")
 
-METRICS = {"bleu": bleu, "chrf": chrf, "ter": ter}
+METRICS = {"bleu": bleu, "bleu_lc": bleu_lc, "chrf": chrf, "ter": ter}
 
 
 def _read_same_length(
@@ -62,7 +62,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
         raise MTError(
-            f"metrics={cfg.metrics} names unknown metric(s) {unknown}; use bleu, chrf, ter."
+            f"metrics={cfg.metrics} names unknown metric(s) {unknown}; "
+            f"use {', '.join(METRICS)}."
         )
     hyp_paths = [_translate_src(cfg)] if cfg.run_dir else as_list(cfg.hyp)
     if not hyp_paths:

@@ -27,6 +27,13 @@ def bleu(hyps: list[str], refs: list[list[str]]) -> Score:
     return Score("BLEU", result.score, str(metric.get_signature()), str(result))
 
 
+def bleu_lc(hyps: list[str], refs: list[list[str]]) -> Score:
+    """BLEU as `bleu`, on lowercased text (sacrebleu -lc): the literature's lowercased figures."""
+    metric = BLEU(lowercase=True)
+    result = metric.corpus_score(hyps, refs)
+    return Score("BLEU-lc", result.score, str(metric.get_signature()), str(result))
+
+
 def chrf(hyps: list[str], refs: list[list[str]]) -> Score:
     metric = CHRF()
     result = metric.corpus_score(hyps, refs)
@@ -75,4 +82,9 @@ def paired_bootstrap(
     return {"systems": out, "table": "\n".join(lines)}
 
 
-_PAIRED = {"bleu": ("BLEU", BLEU), "chrf": ("chrF", CHRF), "ter": ("TER", TER)}
+_PAIRED = {
+    "bleu": ("BLEU", BLEU),
+    "bleu_lc": ("BLEU-lc", lambda: BLEU(lowercase=True)),
+    "chrf": ("chrF", CHRF),
+    "ter": ("TER", TER),
+}

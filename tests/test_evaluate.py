@@ -84,3 +84,17 @@ def test_translate_then_score_in_one_command(overfit_run, tmp_path):
     assert out.read_text() == (corpus / "train.de").read_text()
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["systems"][str(out)]["BLEU"]["score"] == 100.0
+
+
+def test_lowercased_bleu_is_reported_beside_cased_bleu(tmp_path):
+    ref = _write(tmp_path / "ref.txt", REFS)
+    hyp = _write(tmp_path / "hyp.txt", [line.upper() for line in REFS])
+    result = mt("eval", f"hyp={hyp}", f"ref={ref}", f"report={tmp_path / 'r.json'}")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads((tmp_path / "r.json").read_text())["systems"][str(hyp)]
+    assert scores["BLEU-lc"]["score"] == 100.0  # the same words once case is ignored
+    assert scores["BLEU"]["score"] < 20.0
+    assert "case:lc" in scores["BLEU-lc"]["signature"]
+    assert "case:mixed" in scores["BLEU"]["signature"] and "BLEU-lc" in result.stdout
+    lc = sacrebleu.corpus_bleu([line.upper() for line in REFS], [REFS], lowercase=True).score
+    assert scores["BLEU-lc"]["score"] == round(lc, 2)

@@ -268,7 +268,8 @@ class TranslateConfig:
     device: str = "auto"
     """auto | cpu | cuda."""
     precision: str = "auto"
-    """auto | bf16 | fp16 | fp32 (auto: bf16 where the GPU or CPU has native bf16, else fp32)."""
+    """auto | bf16 | fp16 | fp32 | int8 (auto: bf16 where the GPU or CPU has native bf16, else
+    fp32; int8: dynamic int8 linear layers, CPU only)."""
     threads: int = 0
     """CPU threads for PyTorch; 0 keeps its default."""
 

@@ -62,8 +62,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
         raise MTError(
-            f"metrics={cfg.metrics} names unknown metric(s) {unknown}; "
-            f"use {', '.join(METRICS)}."
+            f"metrics={cfg.metrics} names unknown metric(s) {unknown}; use {', '.join(METRICS)}."
         )
     hyp_paths = [_translate_src(cfg)] if cfg.run_dir else as_list(cfg.hyp)
     if not hyp_paths:

@@ -42,11 +42,13 @@ def pick_precision(name: str, device: torch.device) -> str:
     """Resolve a precision name for a device: auto -> bf16 where supported, else fp32.
 
     Raises:
-        ValueError: For fp16 off CUDA, or bf16 on a CPU without native bf16 matmuls (there
-            PyTorch falls back to a slow reference kernel).
+        ValueError: For fp16 off CUDA, int8 off CPU, or bf16 on a CPU without native bf16
+            matmuls (there PyTorch falls back to a slow reference kernel).
     """
     if name == "auto":
         return "bf16" if bf16_supported(device) else "fp32"
+    if name == "int8" and device.type != "cpu":
+        raise ValueError("precision=int8 (dynamic int8 quantization) runs on CPU; use device=cpu")
     if name == "fp16" and device.type != "cuda":
         raise ValueError("precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if name == "bf16" and device.type == "cpu" and not bf16_supported(device):
@@ -58,8 +60,9 @@ def pick_precision(name: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for forward passes; a no-op for fp32."""
-    if precision == "fp32":
+    """Mixed-precision context for forward passes; a no-op for fp32 and int8 (whose quantized
+    layers run int8 kernels themselves, and everything else in fp32)."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])
 

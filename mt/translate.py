@@ -7,6 +7,7 @@ stays flat on any input size. An empty input line gives an empty output line.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from mt.clean import normalize
 from mt.config import DecodeConfig, TranslateConfig, validate_decode
 from mt.data import pack_batches
 from mt.errors import MTError
+from mt.model.precision import quantize_int8
 from mt.rundir import RunDir
 from mt.runtime import autocast, pick_device, pick_precision
 from mt.search import Hypothesis, Limits, beam_search, greedy_search, sample
@@ -87,6 +89,8 @@ class Translator:
     """Translates lists of sentences with one loaded run and decode settings."""
 
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
+        if precision == "int8":  # dynamic int8 linear layers, on a copy of the loaded model
+            run = dataclasses.replace(run, model=quantize_int8(run.model))
         self.run, self.decode, self.device, self.precision = run, decode, device, precision
         self.generator = torch.Generator(device=device).manual_seed(decode.seed)
         self.limits = Limits(
@@ -218,11 +222,18 @@ def as_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
+INFERENCE_PRECISIONS = ("auto", "bf16", "fp16", "fp32", "int8")
+
+
 def setup_inference(
     device_name: str, precision_name: str, threads: int
 ) -> tuple[torch.device, str]:
     if threads:
         torch.set_num_threads(threads)
+    if precision_name not in INFERENCE_PRECISIONS:
+        raise MTError(
+            f"precision={precision_name!r} is not one of {', '.join(INFERENCE_PRECISIONS)}."
+        )
     try:
         device = pick_device(device_name)
         # auto: bf16 where the device multiplies bf16 natively (same BLEU, ~1.5x faster beam

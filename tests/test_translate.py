@@ -192,3 +192,24 @@ def test_input_is_normalized_as_the_training_data_was_prepared(tmp_path):
     assert run.normalize_form == "NFKC"
     translator = Translator(run, DecodeConfig(), torch.device("cpu"), "fp32")
     assert translator._encode(["\ufb01sh"], "<t>", 1) == translator._encode(["fish"], "<t>", 1)
+
+
+def test_int8_translates_like_fp32_and_leaves_the_loaded_model_alone(overfit_run):
+    import torch
+
+    corpus, run_dir, _ = overfit_run
+    src, tgt = _lines(corpus / "train.en"), _lines(corpus / "train.de")
+    run = load_run(run_dir, None, torch.device("cpu"))
+    int8 = Translator(run, DecodeConfig(), torch.device("cpu"), "int8")
+    kinds = {type(m).__module__ for m in int8.run.model.modules()}
+    assert any("quantized" in kind for kind in kinds)  # its linear layers are int8 ones
+    assert not any("quantized" in type(m).__module__ for m in run.model.modules())
+    found = [hyps[0][0] for hyps in int8.translate(src)]
+    same = sum(a == b for a, b in zip(found, tgt, strict=True))
+    assert same >= 0.9 * len(tgt), f"{same} of {len(tgt)} training targets recovered in int8"
+
+
+def test_unknown_precision_is_a_clear_error(overfit_run):
+    _, run, _ = overfit_run
+    result = mt("translate", f"run_dir={run}", "input=-", "output=-", "precision=int4", stdin="a\n")
+    assert_clean_error(result, "precision='int4' is not one of")

@@ -8,9 +8,11 @@ Everywhere else `attention` is plain `F.scaled_dot_product_attention`. Linear la
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
@@ -53,6 +55,19 @@ def step_cache_dtype(k: Tensor) -> torch.dtype:
     """dtype to keep decoder-step K/V caches in: fp32 on CPU, where `_attention_by_matmul`
     reads them in fp32 every step; the projections' own dtype elsewhere."""
     return torch.float32 if k.device.type == "cpu" else k.dtype
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose nn.Linear layers run dynamic int8 quantization (CPU inference).
+
+    Weights are int8 per output channel; activations are quantized per batch on the fly; the
+    output projection (tied to the embedding, not an nn.Linear) and attention stay fp32. This is
+    torch's eager quantization API: deprecated in favour of torchao, but present and working in
+    the torch this project pins, so its deprecation warning is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
 def attention(

@@ -192,11 +192,11 @@ def _main(args: list[str]) -> None:
     register_configs()
     run = getattr(importlib.import_module(module), func)
     rest, config_dirs = _take_config_dirs(stage, _merge_repeated(rest))
+    if config_dirs:  # both entry points below honour Hydra's search-path override
+        rest = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in config_dirs)}]", *rest]
     if any(arg.startswith("-") for arg in rest):
-        _hydra_entry(stage, run, [*rest, *(f"--config-dir={d}" for d in config_dirs[:1])])
+        _hydra_entry(stage, run, rest)
         return
-    if config_dirs:
-        rest = [*rest, f"hydra.searchpath=[{','.join(f'file://{d}' for d in config_dirs)}]"]
     try:
         cfg = _compose(stage, rest)
     except (OmegaConfBaseException, ConfigError) as exc:

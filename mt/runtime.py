@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mt.errors import MTError
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -59,6 +61,23 @@ def pick_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def setup_hardware(
+    device_name: str, precision_name: str, threads: int, local_rank: int = 0
+) -> tuple[torch.device, str]:
+    """Set the CPU thread count, then pick the device and resolve the precision for it.
+
+    Raises:
+        MTError: If the device or the precision is not available here (one sentence).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        device = pick_device(device_name, local_rank)
+        return device, pick_precision(precision_name, device)
+    except (RuntimeError, ValueError) as exc:
+        raise MTError(str(exc)) from None
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Mixed-precision context for forward passes; a no-op for fp32 and int8 (whose quantized
     layers run int8 kernels themselves, and everything else in fp32)."""
@@ -97,19 +116,20 @@ def init_distributed(device_name: str) -> Dist:
     return Dist(rank, local_rank, world)
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum floats over ranks (identity without a process group)."""
+def _all_reduce(values: list[float], device: torch.device, op: dist.ReduceOp) -> list[float]:
+    """Reduce floats element-wise over ranks (identity without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum floats over ranks (identity without a process group)."""
+    return _all_reduce(values, device, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
     """Element-wise maximum of floats over ranks (identity without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+    return _all_reduce(values, device, dist.ReduceOp.MAX)

@@ -157,16 +157,17 @@ def _pick_sample(
 
 def _start(
     model: IncrementalDecoder, src: Tensor, src_pad_mask: Tensor, limits: Limits, beam: int
-) -> tuple[_Stepper, Tensor]:
+) -> tuple[_Stepper, Tensor, int]:
     """Encode the sources and start a decoder state of `beam` rows per source.
 
-    Returns the stepper and each sentence's cap on output tokens, LongTensor [B].
+    Returns the stepper, each sentence's cap on output tokens (LongTensor [B]) and the number
+    of decoder steps the longest cap needs.
     """
     max_lens = limits.output_lens(src_pad_mask)
     n_steps = int(max_lens.max()) + 1  # the last step can only emit eos
     memory = model.encode(src, src_pad_mask)
     state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=beam)
-    return _Stepper(model, state, limits.eos_id), max_lens
+    return _Stepper(model, state, limits.eos_id), max_lens, n_steps
 
 
 def _decode_paths(
@@ -183,8 +184,7 @@ def _decode_paths(
     b, device, eos_id = src.size(0), src.device, limits.eos_id
     if b == 0:
         return []
-    stepper, max_lens = _start(model, src, src_pad_mask, limits, beam=1)
-    n_steps = int(max_lens.max()) + 1
+    stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, beam=1)
     out = torch.full((b, n_steps), eos_id, dtype=torch.long, device=device)  # [B, T]
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # [B], eos included
     logprobs = torch.zeros(b, device=device)  # [B]
@@ -421,8 +421,8 @@ def beam_search(
         raise ValueError(f"beam search needs 1 <= nbest <= beam, got nbest={nbest}, beam={beam}.")
     if src.size(0) == 0:
         return []
-    stepper, max_lens = _start(model, src, src_pad_mask, limits, beam)
-    n_steps, first_cap = int(max_lens.max()) + 1, int(max_lens.min())
+    stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, beam)
+    first_cap = int(max_lens.min())
     beams = _init_beams(max_lens, beam)
     tokens = torch.full_like(beams.scores, limits.bos_id, dtype=torch.long)  # [B, K]
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]

@@ -30,9 +30,8 @@ from mt.runtime import (
     Dist,
     grad_scaler,
     init_distributed,
-    pick_device,
-    pick_precision,
     seed_everything,
+    setup_hardware,
 )
 from mt.tokenizer import PAD_ID, Tokenizer
 from mt.tracking import Tracker, setup_logging
@@ -56,7 +55,8 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             _start_run_dir(run, cfg, manifest, data_dir)
         if dist.world > 1:
             torch.distributed.barrier()  # the folder is checked and cleaned before anyone reads it
-        device, precision = _pick_hardware(cfg, dist)
+        t = cfg.train
+        device, precision = setup_hardware(t.device, t.precision, t.threads, dist.local_rank)
         trainer = _build_trainer(cfg, manifest, data_dir, run, device, precision, dist)
         stack.callback(trainer.tracker.close)
         _resume(trainer)
@@ -95,16 +95,6 @@ def _start_run_dir(run: RunDir, cfg: TrainConfig, manifest: Manifest, data_dir: 
     run.install_vocab(manifest.spm, data_dir)
     run.config.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     setup_logging(run.log, is_main=True)
-
-
-def _pick_hardware(cfg: TrainConfig, dist: Dist) -> tuple[torch.device, str]:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    try:
-        device = pick_device(cfg.train.device, dist.local_rank)
-        return device, pick_precision(cfg.train.precision, device)
-    except (RuntimeError, ValueError) as exc:
-        raise MTError(str(exc)) from None
 
 
 def _model_args(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]:

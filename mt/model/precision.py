@@ -60,10 +60,11 @@ def step_cache_dtype(k: Tensor) -> torch.dtype:
 def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of `model` whose nn.Linear layers run dynamic int8 quantization (CPU inference).
 
-    Weights are int8 per output channel; activations are quantized per batch on the fly; the
-    output projection (tied to the embedding, not an nn.Linear) and attention stay fp32. This is
-    torch's eager quantization API: deprecated in favour of torchao, but present and working in
-    the torch this project pins, so its deprecation warning is silenced here.
+    Weights are int8 with one scale per tensor (the default dynamic qconfig); activations are
+    quantized per batch on the fly; the output projection (tied to the embedding, not an
+    nn.Linear) and attention stay fp32. This is torch's eager quantization API: deprecated in
+    favour of torchao, but present and working in the torch this project pins, so its
+    deprecation and quantized-tensor warnings are silenced here.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

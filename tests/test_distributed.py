@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mt.checkpoint import load_checkpoint
+from mt.rundir import RunDir
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -121,7 +122,9 @@ def test_a_killed_ddp_job_resumes_from_its_last_checkpoint(prepared_dir, tmp_pat
         os.kill(pid, signal.SIGKILL)  # no chance to save anything
     job.wait()
     assert list((run / "checkpoints").glob("step_*.pt")), "no checkpoint before the kill"
-    saved = load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["step"]
+    # The newest step file is what a resume picks: a kill between writing step_N.pt and
+    # pointing last.pt at it leaves last.pt one save behind.
+    saved = load_checkpoint(RunDir(run).steps()[-1])["train_state"]["step"]
     again = subprocess.Popen(
         [*args, *_train_args(prepared_dir, run, f"train.max_steps={saved + 2}",
                              "train.valid_every=2")],

@@ -32,6 +32,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "translate text files or stdin with beam search",
     ),
     "eval": ("mt.evaluate", "run_eval", "score translations with sacreBLEU (BLEU, chrF, TER)"),
+    "serve": ("mt.serve", "run_serve", "serve a trained run over HTTP (POST /translate)"),
+    "export": ("mt.export", "run_export", "export a run to CTranslate2 or Hugging Face"),
 }
 
 EXIT_USAGE = 2

@@ -272,6 +272,9 @@ class TranslateConfig:
     fp32; int8: dynamic int8 linear layers, CPU only)."""
     threads: int = 0
     """CPU threads for PyTorch; 0 keeps its default."""
+    engine: str = "torch"
+    """torch (mt's own search) | ctranslate2 (an export of the run, made and cached in
+    RUN_DIR/ctranslate2/; needs the export extra)."""
 
 
 @dataclass
@@ -300,6 +303,74 @@ class EvalConfig:
     device: str = "auto"
     precision: str = "auto"
     threads: int = 0
+    engine: str = "torch"
+    """torch | ctranslate2 (see mt translate)."""
+
+
+@dataclass
+class ExportConfig:
+    """`mt export`: a trained run -> a CTranslate2 model or a Hugging Face folder."""
+
+    run_dir: str = "???"
+    """Run folder written by `mt train`."""
+    checkpoint: str | None = None
+    """Checkpoint file; null picks it as mt translate does (final.pt, best.pt, last.pt)."""
+    format: str = "ctranslate2"
+    """ctranslate2 | huggingface."""
+    out_dir: str = "???"
+    """Folder to write; an earlier export there is replaced only with force=true."""
+    quantization: str = "none"
+    """CTranslate2 weights: none | int8 | int8_float32 | int16 | float16 | bfloat16 |
+    int8_float16."""
+    force: bool = False
+    """Replace an earlier export in out_dir."""
+
+
+@dataclass
+class ServeOptions:
+    """Batching and limits of the `mt serve` HTTP server (the `serve.*` keys)."""
+
+    batch_window_ms: float = 5.0
+    """After a request arrives, wait this long for others to decode in the same batch."""
+    max_batch_sentences: int = 64
+    """Sentences collected into one batch at most (one request larger than this runs alone)."""
+    max_chars: int = 2000
+    """Characters per sentence at most; a longer one is refused with 413."""
+    max_sentences: int = 64
+    """Sentences per request at most; more are refused with 413."""
+    max_beam: int = 8
+    """Largest beam a request may ask for (decode.beam is the default)."""
+    timeout_s: float = 30.0
+    """A request not answered within this many seconds gets 504."""
+    max_queue: int = 256
+    """Requests waiting for the decoder at most; over it new ones get 503."""
+    max_body_bytes: int = 1_000_000
+    """Request body size at most; a larger body is refused with 413."""
+    api_key: str | None = None
+    """Required key (`Authorization: Bearer KEY` or `X-API-Key: KEY`); null reads the
+    MT_SERVE_API_KEY environment variable, and no key there leaves the server open."""
+
+
+@dataclass
+class ServeConfig:
+    """`mt serve`: a trained run behind an HTTP API (POST /translate) with dynamic batching."""
+
+    run_dir: str = "???"
+    """Run folder written by `mt train`."""
+    checkpoint: str | None = None
+    """Checkpoint file; null picks it as mt translate does (final.pt, best.pt, last.pt)."""
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 listens on every interface."""
+    port: int = 8080
+    """TCP port to listen on."""
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    serve: ServeOptions = field(default_factory=ServeOptions)
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    precision: str = "auto"
+    """auto | bf16 | fp16 | fp32 | int8 (see mt translate)."""
+    threads: int = 0
+    """CPU threads for PyTorch; 0 keeps its default."""
 
 
 NORMALIZATION_FORMS = ("NFC", "NFKC", "NFD", "NFKD", "none")
@@ -409,6 +480,24 @@ def validate_decode(decode: DecodeConfig) -> None:
         raise ConfigError(f"decode.topk={decode.topk} must be 0 or more.")
 
 
+def validate_serve(cfg: ServeConfig) -> None:
+    """Raise ConfigError naming the first key of a serve config that makes no sense."""
+    validate_decode(cfg.decode)
+    s = cfg.serve
+    for key in ("max_batch_sentences", "max_chars", "max_sentences", "max_beam", "timeout_s"):
+        _check_positive(f"serve.{key}", getattr(s, key))
+    for key in ("max_queue", "max_body_bytes"):
+        _check_positive(f"serve.{key}", getattr(s, key))
+    if s.batch_window_ms < 0:
+        raise ConfigError(f"serve.batch_window_ms={s.batch_window_ms} must be 0 or more.")
+    if cfg.decode.beam > s.max_beam:
+        raise ConfigError(f"decode.beam={cfg.decode.beam} exceeds serve.max_beam={s.max_beam}.")
+    if cfg.decode.sampling:
+        raise ConfigError("decode.sampling=true is not supported by mt serve; use beam search.")
+    if not 0 < cfg.port < 65536:
+        raise ConfigError(f"port={cfg.port} must be in 1..65535.")
+
+
 def register_configs() -> None:
     """Register the stage schemas so `defaults: [<stage>_schema]` in YAML finds them."""
     cs = ConfigStore.instance()
@@ -416,3 +505,5 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="translate_schema", node=TranslateConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="serve_schema", node=ServeConfig)
+    cs.store(name="export_schema", node=ExportConfig)

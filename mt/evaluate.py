@@ -12,7 +12,7 @@ from mt.config import EvalConfig, validate_decode
 from mt.corpus import read_lines
 from mt.errors import MTError
 from mt.metrics import Score, bleu, bleu_lc, chrf, paired_bootstrap, ter
-from mt.translate import Translator, as_list, load_run, setup_inference, translate_files
+from mt.translate import as_list, load_run, make_translator, setup_inference, translate_files
 
 log = logging.getLogger("mt.eval")
 
@@ -44,7 +44,8 @@ def _translate_src(cfg: EvalConfig) -> str:
     device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)
     run = load_run(Path(cfg.run_dir), cfg.checkpoint, device)
     output = cfg.output or str(Path(cfg.run_dir) / f"{Path(cfg.src).name}.hyp")
-    translate_files(Translator(run, cfg.decode, device, precision), [cfg.src], output)
+    translator = make_translator(run, cfg.decode, device, precision, cfg.engine)
+    translate_files(translator, [cfg.src], output)
     print(f"translations of {cfg.src} ({run.checkpoint.name}, beam {cfg.decode.beam}): {output}")
     return output
 

@@ -85,6 +85,21 @@ def _normalize_form(ckpt: dict[str, Any]) -> str:
     return str(ckpt.get("config", {}).get("clean", {}).get("normalize", "NFC"))
 
 
+def prepare_ids(run: LoadedRun, lines: list[str], where: str, first_line: int) -> list[list[int]]:
+    """Source ids of each line as the model was trained on them: normalized, encoded, and cut
+    to the model's length (room for eos) with a warning naming the line."""
+    ids = run.src_tok.encode(normalize(lines, run.normalize_form))
+    limit = run.max_len - 1  # room for eos
+    for i, seq in enumerate(ids):
+        if len(seq) > limit:
+            log.warning(
+                "%s:%d: %d tokens, truncated to the model's limit of %d",
+                where, first_line + i, len(seq), limit,
+            )  # fmt: skip
+            ids[i] = seq[:limit]
+    return ids
+
+
 class Translator:
     """Translates lists of sentences with one loaded run and decode settings."""
 
@@ -101,21 +116,6 @@ class Translator:
             max_len=run.max_len - 1,  # bos takes the first of the model's positions
         )
 
-    def _encode(self, lines: list[str], where: str, first_line: int) -> list[list[int]]:
-        ids = self.run.src_tok.encode(normalize(lines, self.run.normalize_form))
-        limit = self.run.max_len - 1  # room for eos
-        for i, seq in enumerate(ids):
-            if len(seq) > limit:
-                log.warning(
-                    "%s:%d: %d tokens, truncated to the model's limit of %d",
-                    where,
-                    first_line + i,
-                    len(seq),
-                    limit,
-                )
-                ids[i] = seq[:limit]
-        return ids
-
     def _search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
         d, mask, model, limits = self.decode, src == PAD_ID, self.run.model, self.limits
         if d.sampling:
@@ -130,7 +130,7 @@ class Translator:
 
     def translate(self, lines: list[str], where: str = "<input>", first_line: int = 1):
         """n-best (text, score) lists for each line, in input order; empty lines give []."""
-        ids = self._encode(lines, where, first_line)
+        ids = prepare_ids(self.run, lines, where, first_line)
         results: list[list[tuple[str, float]]] = [[] for _ in lines]
         todo = np.array([i for i, seq in enumerate(ids) if seq], dtype=np.int64)
         lengths = np.array([len(ids[i]) + 1 for i in todo], dtype=np.int64)
@@ -237,7 +237,7 @@ def setup_inference(
     return setup_hardware(device_name, precision_name, threads)
 
 
-def translate_files(translator: Translator, inputs: list[str], output: str) -> int:
+def translate_files(translator: Any, inputs: list[str], output: str) -> int:
     """Stream `inputs` through the translator into `output`; returns the lines translated."""
     total = 0
     with _open_output(output) as out:
@@ -249,12 +249,28 @@ def translate_files(translator: Translator, inputs: list[str], output: str) -> i
     return total
 
 
+ENGINES = ("torch", "ctranslate2")
+
+
+def make_translator(
+    run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str, engine: str
+) -> Any:
+    """mt's own search (engine=torch) or CTranslate2's on an export of the run."""
+    if engine not in ENGINES:
+        raise MTError(f"engine={engine!r} is not one of {', '.join(ENGINES)}.")
+    if engine == "ctranslate2":
+        from mt.ct2 import CT2Translator
+
+        return CT2Translator(run, decode, device, precision)
+    return Translator(run, decode, device, precision)
+
+
 def run_translate(cfg: TranslateConfig) -> int:
     """Translate cfg.input into cfg.output; returns the number of input lines."""
     validate_decode(cfg.decode)
     device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)
     run = load_run(Path(cfg.run_dir), cfg.checkpoint, device)
-    translator = Translator(run, cfg.decode, device, precision)
+    translator = make_translator(run, cfg.decode, device, precision, cfg.engine)
     total = translate_files(translator, as_list(cfg.input), cfg.output)
     log.info("translated %d lines with %s", total, run.checkpoint)
     return total

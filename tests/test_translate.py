@@ -7,7 +7,7 @@ import pytest
 
 from mt.config import DecodeConfig
 from mt.errors import MTError
-from mt.translate import Translator, load_run, one_line, read_buffers
+from mt.translate import Translator, load_run, one_line, prepare_ids, read_buffers
 from tests.test_cli import MT, assert_clean_error, mt
 
 
@@ -190,8 +190,7 @@ def test_input_is_normalized_as_the_training_data_was_prepared(tmp_path):
     run_train(train_config(tmp_path / "data", tmp_path / "run", "train.max_steps=1"))
     run = load_run(tmp_path / "run", None, torch.device("cpu"))
     assert run.normalize_form == "NFKC"
-    translator = Translator(run, DecodeConfig(), torch.device("cpu"), "fp32")
-    assert translator._encode(["\ufb01sh"], "<t>", 1) == translator._encode(["fish"], "<t>", 1)
+    assert prepare_ids(run, ["\ufb01sh"], "<t>", 1) == prepare_ids(run, ["fish"], "<t>", 1)
 
 
 def test_int8_translates_like_fp32_and_leaves_the_loaded_model_alone(overfit_run):

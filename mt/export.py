@@ -168,14 +168,16 @@ def _ct2_decoder_layer(spec: Any, layer: DecoderLayer) -> None:
     _ct2_norm(spec.ffn.layer_norm, layer.norm3)
 
 
-def ctranslate2_spec(source: Source) -> Any:
-    """A filled `ctranslate2.specs.TransformerSpec` of the source model."""
+def ctranslate2_spec(
+    model: Seq2Seq, hp: dict[str, Any], src_vocab: list[str], tgt_vocab: list[str]
+) -> Any:
+    """A filled `ctranslate2.specs.TransformerSpec` of `model` (built with arguments `hp`),
+    with the pieces of its vocabularies by id."""
     try:
         from ctranslate2.specs import common_spec, transformer_spec
     except ImportError:
         raise _missing_extra("ctranslate2") from None
-    check_representable(source.model_args, "CTranslate2")
-    hp, model = source.model_args, source.model
+    check_representable(hp, "CTranslate2")
     activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}
     spec = transformer_spec.TransformerSpec.from_config(
         (hp["n_layers_enc"], hp["n_layers_dec"]), hp["n_heads"],
@@ -196,9 +198,11 @@ def ctranslate2_spec(source: Source) -> Any:
     dec.projection.weight = _np(model.decoder.embed.tokens.weight)  # tied, no bias
     spec.config.layer_norm_epsilon = 1e-5  # torch's LayerNorm default, which mt uses
     spec.config.add_source_eos = True  # mt encodes pieces + </s>
-    spec.config.decoder_start_token = source.tgt_tok.sp.id_to_piece(BOS_ID)
-    spec.register_source_vocabulary(_pieces(source.src_tok))
-    spec.register_target_vocabulary(_pieces(source.tgt_tok))
+    spec.config.decoder_start_token = tgt_vocab[BOS_ID]
+    spec.config.bos_token, spec.config.eos_token = tgt_vocab[BOS_ID], tgt_vocab[EOS_ID]
+    spec.config.unk_token = tgt_vocab[UNK_ID]
+    spec.register_source_vocabulary(src_vocab)
+    spec.register_target_vocabulary(tgt_vocab)
     return spec
 
 
@@ -208,13 +212,19 @@ def _pieces(tok: Tokenizer) -> list[str]:
 
 def write_ctranslate2(source: Source, out_dir: Path, quantization: str = "none") -> None:
     """Convert the source model into a CTranslate2 model folder `out_dir` (must not exist)."""
+    vocabs = _pieces(source.src_tok), _pieces(source.tgt_tok)
+    save_ctranslate2(ctranslate2_spec(source.model, source.model_args, *vocabs), out_dir,
+                     quantization)  # fmt: skip
+
+
+def save_ctranslate2(spec: Any, out_dir: Path, quantization: str = "none") -> None:
+    """Validate, quantize and save a filled spec with CTranslate2's converter API."""
     from ctranslate2.converters.converter import Converter
 
     if quantization not in CT2_QUANTIZATIONS:
         raise MTError(
             f"quantization={quantization!r} is not one of {', '.join(CT2_QUANTIZATIONS)}."
         )
-    spec = ctranslate2_spec(source)
 
     class _Filled(Converter):
         def _load(self) -> Any:

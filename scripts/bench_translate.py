@@ -1,16 +1,20 @@
-"""Decoding speed of mt against Hugging Face `generate` on a MarianMTModel of the same size.
+"""Decoding speed of mt against Hugging Face `generate` and CTranslate2 on models of one size.
 
     python scripts/bench_translate.py [--preset small] [--batches 2] [--length 24]
                                       [--precision auto] [--run-dir runs/multi30k_en_de]
-                                      [--test-precisions fp32,int8,bf16]
+                                      [--test-precisions fp32,int8,bf16] [--engines]
 
-Both models get random weights, the same batches of 64 source sentences of equal length, and
-the same forced output length: end-of-sentence is suppressed, so beam search and greedy search
-run exactly `--length` steps in both. Prints sentences/s and target tokens/s for beam 5 and
-greedy, and the ratio ours / Hugging Face, both in the same precision (auto: bf16 where this
-CPU multiplies bf16 natively, as `mt translate` picks; else fp32). With --run-dir, also times
-translating Multi30k test2016 (beam 5, batches of 64) with that run and reports its BLEU. The
-last line is JSON.
+All models get random weights, the same batches of 64 source sentences of equal length, and
+the same forced output length: end-of-sentence is suppressed (CTranslate2:
+min_decoding_length = max_decoding_length), so beam search and greedy search run exactly
+`--length` + 1 steps in all. The peers: a Hugging Face MarianMTModel of the same size, and
+CTranslate2 4.x on that Marian converted with its own `TransformersConverter`, in float32
+and int8. Prints sentences/s for beam 5 and greedy and the ratios ours / peer (mt and Hugging
+Face in one precision, auto: bf16 where this CPU multiplies bf16 natively, as `mt translate`
+picks, else fp32); mt int8 is compared with CTranslate2 int8. With --run-dir, also times
+Multi30k test2016 (batches of 64) with that run in each of --test-precisions and reports BLEU;
+with --engines too, the same through engine=ctranslate2 (float32 and int8), with the share of
+beam-5 lines identical to mt fp32. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import torch
 
 from mt.config import DecodeConfig, ModelConfig, model_preset
 from mt.model import transformer
+from mt.model.precision import quantize_int8
 from mt.runtime import autocast, pick_precision
 from mt.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from mt.translate import Translator, load_run
+from mt.translate import load_run, make_translator
 
 VOCAB = 8000
 CPU = torch.device("cpu")
@@ -93,62 +98,128 @@ def time_hf(model, batches, beam: int, length: int, precision: str) -> float:
     return time.perf_counter() - start
 
 
+class _StubTokenizer:
+    """What CTranslate2's Marian loader reads from a tokenizer (a random model has none)."""
+
+    pad_token, unk_token, bos_token, eos_token = "<pad>", "<unk>", "<s>", "</s>"
+
+    def get_vocab(self) -> dict[str, int]:
+        # The Marian loader drops the last row as Marian's own <pad>; inputs never use it.
+        names = ["<blank>", "<unk>", "<s>", "</s>", *(f"t{i}" for i in range(4, VOCAB - 1))]
+        return {piece: i for i, piece in enumerate([*names, "<pad>"])}
+
+
+def build_ct2(hf, folder: Path, compute_type: str):
+    """The Hugging Face Marian converted by CTranslate2's own `TransformersConverter`."""
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    class Converter(TransformersConverter):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            return _StubTokenizer()
+
+    if not (folder / "ct2").is_dir():
+        hf.save_pretrained(folder / "hf")
+        Converter(str(folder / "hf")).convert(str(folder / "ct2"))
+    threads = torch.get_num_threads()
+    return ctranslate2.Translator(str(folder / "ct2"), compute_type=compute_type,
+                                  intra_threads=threads)  # fmt: skip
+
+
+def time_ct2(translator, batches, beam: int, length: int) -> float:
+    tokens = [[[f"t{int(t)}" for t in row] for row in src] for src in batches]
+    start = time.perf_counter()
+    for src in tokens:
+        translator.translate_batch(
+            src, beam_size=beam, max_batch_size=64, min_decoding_length=length + 1,
+            max_decoding_length=length + 1,
+        )  # fmt: skip
+    return time.perf_counter() - start
+
+
 def synthetic_speed(args, precision: str) -> dict:
     torch.manual_seed(0)
     cfg = model_preset(args.preset)
     ours = NoEos(transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval())
     hf = build_hf(cfg)
-    batches = [torch.randint(4, VOCAB, (64, args.length)) for _ in range(args.batches)]
+    batches = [torch.randint(4, VOCAB - 1, (64, args.length)) for _ in range(args.batches)]
     sentences = 64 * args.batches
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ct2_"))
+    peers = {"ct2": build_ct2(hf, tmp, "float32"), "ct2_int8": build_ct2(hf, tmp, "int8")}
+    ours_int8 = NoEos(quantize_int8(ours.model))
     out = {}
     for beam in (5, 1):
-        time_ours(ours, batches[:1], beam, 4, precision)  # warm-up
-        time_hf(hf, batches[:1], beam, 4, precision)
-        t_ours, t_hf = (
-            time_ours(ours, batches, beam, args.length, precision),
-            time_hf(hf, batches, beam, args.length, precision),
-        )
-        tokens = sentences * (args.length + 1)
         name = "beam5" if beam == 5 else "greedy"
-        out[name] = {
-            "mt_sent_s": round(sentences / t_ours, 1), "hf_sent_s": round(sentences / t_hf, 1),
-            "mt_tok_s": round(tokens / t_ours), "hf_tok_s": round(tokens / t_hf),
-        }  # fmt: skip
-        out[f"ratio_{name}"] = round(t_hf / t_ours, 2)
+        time_ours(ours, batches[:1], beam, 4, precision)  # warm-up
+        time_ours(ours_int8, batches[:1], beam, 4, "fp32")
+        time_hf(hf, batches[:1], beam, 4, precision)
+        for peer in peers.values():
+            time_ct2(peer, batches[:1], beam, 4)
+        times = {
+            "mt": time_ours(ours, batches, beam, args.length, precision),
+            "mt_int8": time_ours(ours_int8, batches, beam, args.length, "fp32"),
+            "hf": time_hf(hf, batches, beam, args.length, precision),
+            **{k: time_ct2(p, batches, beam, args.length) for k, p in peers.items()},
+        }
+        out[name] = {f"{k}_sent_s": round(sentences / t, 1) for k, t in times.items()}
+        out[f"ratio_{name}"] = round(times["hf"] / times["mt"], 2)
+        out[f"ratio_ct2_{name}"] = round(times["ct2"] / times["mt"], 2)
+        out[f"ratio_ct2_int8_{name}"] = round(times["ct2_int8"] / times["mt_int8"], 2)
+        speeds = " | ".join(f"{k} {sentences / t:6.1f}" for k, t in times.items())
         print(
-            f"{name:<6}: mt {sentences / t_ours:7.1f} sent/s {tokens / t_ours:8.0f} tok/s | "
-            f"HF generate {sentences / t_hf:7.1f} sent/s {tokens / t_hf:8.0f} tok/s | "
-            f"ratio {t_hf / t_ours:.2f}x",
+            f"{name:<6} sent/s: {speeds} | mt/HF {out[f'ratio_{name}']:.2f}x, "
+            f"mt/CT2 fp32 {out[f'ratio_ct2_{name}']:.2f}x, "
+            f"mt int8/CT2 int8 {out[f'ratio_ct2_int8_{name}']:.2f}x",
             flush=True,
         )
     return out
 
 
-def test_set_speed(run_dir: Path, corpus: Path, precision: str) -> dict:
-    """Translate test2016 with a trained run (beam 5, batches of 64) and score it."""
-    with gzip.open(corpus / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as f:
-        src = f.read().splitlines()
-    with gzip.open(corpus / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
-        ref = f.read().splitlines()
+def _test2016(corpus: Path) -> tuple[list[str], list[str]]:
+    sides = []
+    for lang in ("en", "de"):
+        with gzip.open(corpus / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
+            sides.append(f.read().splitlines())
+    return sides[0], sides[1]
+
+
+def _time_translator(translator, src: list[str]) -> tuple[float, list[str]]:
+    """Median of 3 passes over src after a warm-up batch; returns seconds and the outputs."""
+    translator.translate(src[:64])  # warm-up: first-call allocations and kernel choices
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        hyps = [h[0][0] if h else "" for h in translator.translate(src)]
+        times.append(time.perf_counter() - start)
+    return sorted(times)[1], hyps
+
+
+def test_set_speed(run_dir: Path, corpus: Path, systems: list[tuple[str, str]]) -> dict:
+    """Translate test2016 with a trained run (batches of 64) in each (engine, precision) and
+    score it; lines identical to the first system's beam-5 output are counted."""
+    src, ref = _test2016(corpus)
     run = load_run(run_dir, None, CPU)
-    out = {}
+    out, first = {}, {}
     for beam in (5, 1):
-        translator = Translator(run, DecodeConfig(beam=beam, batch_size=64), CPU, precision)
-        translator.translate(src[:64])  # warm-up: first-call allocations and kernel choices
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            hyps = [h[0][0] if h else "" for h in translator.translate(src)]
-            times.append(time.perf_counter() - start)
-        seconds = sorted(times)[1]
-        score = sacrebleu.corpus_bleu(hyps, [ref]).score
         name = "beam5" if beam == 5 else "greedy"
-        out[f"test2016_{precision}_{name}"] = {
-            "seconds_median_of_3": round(seconds, 2),
-            "bleu": round(score, 2),
-        }
-        print(f"test2016 {precision} {name}: {seconds:.1f} s for {len(src)} sentences, "
-              f"BLEU {score:.2f} ({run.checkpoint.name})", flush=True)  # fmt: skip
+        for engine, precision in systems:
+            decode = DecodeConfig(beam=beam, batch_size=64)
+            translator = make_translator(run, decode, CPU, precision, engine)
+            seconds, hyps = _time_translator(translator, src)
+            first.setdefault(name, hyps)
+            same = sum(a == b for a, b in zip(hyps, first[name], strict=True)) / len(src)
+            score = sacrebleu.corpus_bleu(hyps, [ref]).score
+            system = f"{'mt' if engine == 'torch' else 'ct2'}_{precision}"
+            out[f"test2016_{system}_{name}"] = {
+                "seconds_median_of_3": round(seconds, 2), "sent_s": round(len(src) / seconds, 1),
+                "bleu": round(score, 2), "identical_to_first": round(same, 4),
+            }  # fmt: skip
+            print(f"test2016 {system:<9} {name:<6}: {seconds:5.1f} s for {len(src)} sentences "
+                  f"({len(src) / seconds:6.1f} sent/s), BLEU {score:.2f}, "
+                  f"{100 * same:5.1f}% lines as {systems[0][0]} {systems[0][1]} "
+                  f"({run.checkpoint.name})", flush=True)  # fmt: skip
     return out
 
 
@@ -169,6 +240,10 @@ def main() -> None:
         help="with --run-dir: the precisions to time test2016 in, e.g. fp32,int8,bf16 "
         "(default: --precision)",
     )
+    parser.add_argument(
+        "--engines", action="store_true",
+        help="with --run-dir: also test2016 through engine=ctranslate2 in fp32 and int8",
+    )  # fmt: skip
     args = parser.parse_args()
     precision = pick_precision(args.precision, CPU)
     print(
@@ -177,8 +252,11 @@ def main() -> None:
     )
     results = {"precision": precision, **synthetic_speed(args, precision)}
     if args.run_dir:
-        for name in (args.test_precisions or precision).split(","):
-            results.update(test_set_speed(args.run_dir, args.multi30k, pick_precision(name, CPU)))
+        names = (args.test_precisions or precision).split(",")
+        systems = [("torch", pick_precision(n, CPU)) for n in names]
+        if args.engines:
+            systems += [("ctranslate2", "fp32"), ("ctranslate2", "int8")]
+        results.update(test_set_speed(args.run_dir, args.multi30k, systems))
     print(json.dumps(results))
 
 

@@ -138,11 +138,17 @@ class ModelConfig:
     norm: str = "pre"
     """pre (LayerNorm before each block, default) | post (the original paper)."""
     positions: str = "sinusoidal"
-    """sinusoidal | learned."""
+    """sinusoidal | learned (added to the embeddings) | rope (rotary queries and keys in
+    self-attention, GPT-NeoX half-split layout, base 10000) | relative (Shaw et al. 2018 clipped
+    relative keys and values in self-attention; set max_relative_positions)."""
     max_positions: int = 1024
     """Longest sequence in tokens (learned positions; longer inputs are truncated)."""
     share_embeddings: bool = True
     """Tie source, target and output embeddings (needs a joint vocabulary)."""
+    max_relative_positions: int = 0
+    """positions=relative: distances clip at +-this many tokens (> 0); 0 otherwise."""
+    attn_window: int = 0
+    """Self-attention sees only this many positions either side (decoder: back); 0 = all."""
 
 
 @dataclass
@@ -250,6 +256,9 @@ class DecodeConfig:
     """Sampling temperature."""
     seed: int = 1
     """Seed of sampling."""
+    prefix: str | None = None
+    """File of target prefixes, one per input line (empty: none): each output starts with its
+    line's prefix and continues from there."""
 
 
 @dataclass
@@ -272,6 +281,8 @@ class TranslateConfig:
     fp32; int8: dynamic int8 linear layers, CPU only)."""
     threads: int = 0
     """CPU threads for PyTorch; 0 keeps its default."""
+    input_format: str = "text"
+    """text | tsv (`source<TAB>target prefix` per line)."""
     engine: str = "torch"
     """torch (mt's own search) | ctranslate2 (an export of the run, made and cached in
     RUN_DIR/ctranslate2/; needs the export extra)."""
@@ -362,7 +373,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     """Address to bind; 0.0.0.0 listens on every interface."""
     port: int = 8080
-    """TCP port to listen on."""
+    """TCP port to listen on; 0 picks a free one (the logged URL shows which)."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     serve: ServeOptions = field(default_factory=ServeOptions)
     device: str = "auto"
@@ -407,6 +418,26 @@ def validate_prepare(cfg: PrepareConfig) -> None:
         raise ConfigError(f"data.tsv_columns={data.tsv_columns} names a language twice.")
 
 
+def _check_positions(model: ModelConfig) -> None:
+    """The keys that go with model.positions, and model.attn_window."""
+    if model.positions == "rope" and (model.d_model // model.n_heads) % 2:
+        raise ConfigError(
+            f"model.positions=rope needs an even head dimension, not "
+            f"model.d_model / model.n_heads = {model.d_model // model.n_heads}."
+        )
+    k = model.max_relative_positions
+    if model.positions == "relative" and k <= 0:
+        raise ConfigError(
+            f"model.positions=relative needs model.max_relative_positions > 0, not {k}."
+        )
+    if model.positions != "relative" and k != 0:
+        raise ConfigError(
+            f"model.max_relative_positions={k} is used only with model.positions=relative."
+        )
+    if model.attn_window < 0:
+        raise ConfigError(f"model.attn_window={model.attn_window} must be >= 0 (0 = full).")
+
+
 def validate_model(model: ModelConfig) -> None:
     """Raise ConfigError naming the first model key whose value makes no sense."""
     for key in ("d_model", "n_heads", "n_layers_enc", "n_layers_dec", "d_ff", "max_positions"):
@@ -417,7 +448,8 @@ def validate_model(model: ModelConfig) -> None:
         )
     _check_choice("model.activation", model.activation, ("relu", "gelu"))
     _check_choice("model.norm", model.norm, ("pre", "post"))
-    _check_choice("model.positions", model.positions, ("sinusoidal", "learned"))
+    _check_choice("model.positions", model.positions, ("sinusoidal", "learned", "rope", "relative"))
+    _check_positions(model)
     for key in ("dropout", "attn_dropout", "act_dropout"):
         if not 0.0 <= getattr(model, key) < 1.0:
             raise ConfigError(f"model.{key}={getattr(model, key)} must be in [0, 1).")
@@ -494,8 +526,8 @@ def validate_serve(cfg: ServeConfig) -> None:
         raise ConfigError(f"decode.beam={cfg.decode.beam} exceeds serve.max_beam={s.max_beam}.")
     if cfg.decode.sampling:
         raise ConfigError("decode.sampling=true is not supported by mt serve; use beam search.")
-    if not 0 < cfg.port < 65536:
-        raise ConfigError(f"port={cfg.port} must be in 1..65535.")
+    if not 0 <= cfg.port < 65536:
+        raise ConfigError(f"port={cfg.port} must be in 0..65535.")
 
 
 def register_configs() -> None:

@@ -9,6 +9,8 @@ Where the two searches differ, this module makes CTranslate2 follow mt:
 - Length caps: mt emits at most int(max_len_a * src_len + max_len_b) tokens, then eos. Sources
   are decoded in groups of one cap, with `max_decoding_length = cap + 1`, and cut to `cap`
   tokens: greedy output is then mt's exactly.
+- Scores: a hypothesis cut at the cap, or one that starts with a target prefix (whose tokens
+  CTranslate2 does not score), is scored again with `score_batch`, eos included, as mt scores.
 - Length penalty: CTranslate2 divides by length ** alpha, mt by the GNMT penalty. Beams are
   searched with no penalty, all `beam` hypotheses come back with their raw log-probs, and mt's
   penalty ranks them; n-best scores are mt's.
@@ -30,7 +32,7 @@ import torch
 from mt.config import DecodeConfig
 from mt.errors import MTError
 from mt.search import length_penalty
-from mt.translate import LoadedRun, one_line, prepare_ids
+from mt.translate import LoadedRun, one_line, output_caps, prefix_ids, prepare_ids
 
 log = logging.getLogger("mt.translate")
 
@@ -79,11 +81,6 @@ class CT2Translator:
         ctranslate2.set_random_seed(decode.seed)
         self.run, self.decode, self.device, self.precision = run, decode, device, precision
 
-    def _caps(self, lengths: list[int]) -> list[int]:
-        """mt's cap on output tokens for sources of `lengths` tokens (eos included)."""
-        d, most = self.decode, self.run.max_len - 1
-        return [min(max(int(d.max_len_a * n + d.max_len_b), 0), most) for n in lengths]
-
     def _options(self) -> dict[str, Any]:
         d = self.decode
         if d.sampling:
@@ -93,15 +90,17 @@ class CT2Translator:
             )  # fmt: skip
         return dict(beam_size=d.beam, num_hypotheses=d.beam, length_penalty=0.0)
 
-    def _search(self, pieces: list[list[str]], cap: int) -> list[list[tuple[list[int], float]]]:
+    def _search(
+        self, pieces: list[list[str]], cap: int, prefix: list[list[str]] | None
+    ) -> list[list[tuple[list[int], float]]]:
         """(ids, mt score) n-best lists for sources of one cap, best first."""
         d = self.decode
         results = self.model.translate_batch(
-            pieces, max_batch_size=d.batch_size, max_decoding_length=cap + 1,
+            pieces, prefix, max_batch_size=d.batch_size, max_decoding_length=cap + 1,
             min_decoding_length=0, return_scores=True, return_end_token=True, **self._options(),
         )  # fmt: skip
         found = [list(zip(r.hypotheses, r.scores, strict=True)) for r in results]
-        self._force_eos_at_cap(pieces, found, cap)
+        self._rescore(pieces, found, cap, prefix)
         sp, lenpen = self.run.tgt_tok.sp, 1.0 if d.sampling else d.lenpen
         out = []
         for hyps in found:
@@ -113,30 +112,49 @@ class CT2Translator:
             out.append(scored[: 1 if d.sampling else d.nbest])
         return out
 
-    def _force_eos_at_cap(
-        self, pieces: list[list[str]], found: list[list[tuple[list[str], float]]], cap: int
+    def _rescore(
+        self,
+        pieces: list[list[str]],
+        found: list[list[tuple[list[str], float]]],
+        cap: int,
+        prefix: list[list[str]] | None,
     ) -> None:
-        """Cut hypotheses that ran past `cap` tokens to `cap` and score them with a forced eos,
-        as mt does, in place."""
+        """Score as mt does, in place: hypotheses that ran past `cap` tokens are cut to it and
+        end in a forced eos; a prefix's tokens count (CTranslate2 leaves them out)."""
         where = [(i, k) for i, hyps in enumerate(found) for k, (t, _) in enumerate(hyps)
-                 if t[-1:] != ["</s>"]]  # fmt: skip
+                 if t[-1:] != ["</s>"] or (prefix is not None and prefix[i])]  # fmt: skip
         if not where:
             return
-        cut = [found[i][k][0][:cap] for i, k in where]
+        cut = [[t for t in found[i][k][0] if t != "</s>"][:cap] for i, k in where]
         scores = self.model.score_batch([pieces[i] for i, _ in where], cut)  # eos included
         for (i, k), tokens, result in zip(where, cut, scores, strict=True):
             found[i][k] = (tokens, sum(result.log_probs))
 
-    def translate(self, lines: list[str], where: str = "<input>", first_line: int = 1):
-        """n-best (text, score) lists for each line, in input order; empty lines give []."""
+    def translate(
+        self,
+        lines: list[str],
+        where: str = "<input>",
+        first_line: int = 1,
+        prefixes: list[str] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """n-best (text, score) lists for each line, in input order; empty lines give [].
+
+        `prefixes` (one per line, "" for none) go to CTranslate2 as target prefixes.
+        """
         ids = prepare_ids(self.run, lines, where, first_line)
+        forced = prefix_ids(self.run, self.decode, ids, prefixes, where, first_line)
         results: list[list[tuple[str, float]]] = [[] for _ in lines]
         todo = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
-        caps = dict(zip(todo, self._caps([len(ids[i]) + 1 for i in todo]), strict=True))
-        sp = self.run.src_tok.sp
+        lengths = [len(ids[i]) + 1 for i in todo]
+        caps = dict(zip(todo, output_caps(self.decode, self.run.max_len, lengths), strict=True))
+        src_sp, tgt_sp = self.run.src_tok.sp, self.run.tgt_tok.sp
         for cap, group in groupby(todo, key=caps.__getitem__):
             rows = list(group)
-            found = self._search([[sp.id_to_piece(t) for t in ids[i]] for i in rows], cap)
+            pieces = [[src_sp.id_to_piece(t) for t in ids[i]] for i in rows]
+            prefix = None
+            if forced is not None:
+                prefix = [[tgt_sp.id_to_piece(t) for t in forced[i]] for i in rows]
+            found = self._search(pieces, cap, prefix)
             for i, hyps in zip(rows, found, strict=True):
                 texts = self.run.tgt_tok.decode([h[0] for h in hyps])
                 results[i] = [(one_line(t), s) for t, (_, s) in zip(texts, hyps, strict=True)]

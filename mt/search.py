@@ -96,12 +96,15 @@ class _Stepper:
         self.model, self.state, self.eos_id = model, state, eos_id
         self._bufs: tuple[Tensor, Tensor] | None = None
 
-    def __call__(self, tokens: Tensor, at_max: Tensor | None) -> Tensor:
+    def __call__(
+        self, tokens: Tensor, at_max: Tensor | None, forced: Tensor | None = None
+    ) -> Tensor:
         """Run one decoder step on tokens [N] and return float32 log-probs [N, V].
 
         Rows flagged in ``at_max`` (bool [N]) may only emit eos. Like fairseq, eos keeps its own
-        log-prob there, so a forced ending is still scored by the model. The result is
-        overwritten by the next call.
+        log-prob there, so a forced ending is still scored by the model. Rows whose ``forced``
+        id [N] is >= 0 may only emit that token (a target prefix), also at its own log-prob.
+        The result is overwritten by the next call.
         """
         logits = self.model.decode_step(tokens, self.state)  # [N, V]
         if self._bufs is None:
@@ -116,6 +119,12 @@ class _Stepper:
             eos_lprobs = lprobs[:, self.eos_id].clone()  # [N]
             lprobs.masked_fill_(at_max.unsqueeze(1), _NEG_INF)
             lprobs[:, self.eos_id] = eos_lprobs
+        if forced is not None:
+            rows = (forced >= 0).nonzero().squeeze(1)  # [F]
+            if rows.numel():
+                kept = lprobs[rows, forced[rows]]  # [F]
+                lprobs[rows] = _NEG_INF
+                lprobs[rows, forced[rows]] = kept
         return lprobs
 
 
@@ -170,21 +179,50 @@ def _start(
     return _Stepper(model, state, limits.eos_id), max_lens, n_steps
 
 
+def _forced_at(prefix: Tensor | None, sources: Tensor, step: int) -> Tensor | None:
+    """The prefix token each row must emit at `step` (-1: free) [N], or None past all prefixes.
+
+    Args:
+        prefix: Target prefix ids [B, P] of the input sentences, -1 after each one's end.
+        sources: Input sentence of each decoder row [N].
+    """
+    if prefix is None or step >= prefix.size(1):
+        return None
+    return prefix[sources, step]
+
+
+def check_prefix(prefix: Tensor | None, max_lens: Tensor) -> None:
+    """Refuse a prefix longer than its sentence's cap on output tokens."""
+    if prefix is None:
+        return
+    lengths = (prefix >= 0).sum(dim=1)  # [B]
+    too_long = (lengths > max_lens).nonzero().squeeze(1)
+    if too_long.numel():
+        i = int(too_long[0])
+        raise ValueError(
+            f"sentence {i}: its target prefix has {int(lengths[i])} tokens, more than the "
+            f"{int(max_lens[i])} the length limits allow."
+        )
+
+
 def _decode_paths(
     model: IncrementalDecoder,
     src: Tensor,
     src_pad_mask: Tensor,
     limits: Limits,
     pick: Callable[[Tensor], tuple[Tensor, Tensor]],
+    prefix: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Extend one path per sentence until eos; finished rows leave the state.
 
-    ``pick`` maps log-probs [N, V] to the chosen tokens [N] and their log-probs [N].
+    ``pick`` maps log-probs [N, V] to the chosen tokens [N] and their log-probs [N]; where a
+    target prefix forces a token, it is the only one left to pick.
     """
     b, device, eos_id = src.size(0), src.device, limits.eos_id
     if b == 0:
         return []
     stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, beam=1)
+    check_prefix(prefix, max_lens)
     out = torch.full((b, n_steps), eos_id, dtype=torch.long, device=device)  # [B, T]
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # [B], eos included
     logprobs = torch.zeros(b, device=device)  # [B]
@@ -193,7 +231,7 @@ def _decode_paths(
     first_cap = int(max_lens.min())
     for step in range(n_steps):
         at_max = max_lens[rows] <= step if step >= first_cap else None
-        tokens, token_lprobs = pick(stepper(tokens, at_max))
+        tokens, token_lprobs = pick(stepper(tokens, at_max, _forced_at(prefix, rows, step)))
         out[rows, step] = tokens
         logprobs.index_add_(0, rows, token_lprobs)
         done = tokens == eos_id  # [N]
@@ -212,7 +250,11 @@ def _decode_paths(
 
 @torch.no_grad()
 def greedy_search(
-    model: IncrementalDecoder, src: Tensor, src_pad_mask: Tensor, limits: Limits
+    model: IncrementalDecoder,
+    src: Tensor,
+    src_pad_mask: Tensor,
+    limits: Limits,
+    prefix: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Translate by taking the most probable token at every step.
 
@@ -221,12 +263,14 @@ def greedy_search(
         src: Source ids [B, S].
         src_pad_mask: Bool [B, S], True at padding.
         limits: bos/eos ids and length caps.
+        prefix: Target prefix ids [B, P], -1 after each sentence's prefix: every output starts
+            with its prefix, scored as the model scores it (the output tokens include it).
 
     Returns:
         One hypothesis per sentence, in input order. Scores use lenpen 1.0, the
         ``beam_search`` default, so ``beam_search(beam=1)`` gives the same hypotheses.
     """
-    return _decode_paths(model, src, src_pad_mask, limits, _pick_argmax)
+    return _decode_paths(model, src, src_pad_mask, limits, _pick_argmax, prefix)
 
 
 @torch.no_grad()
@@ -240,6 +284,7 @@ def sample(
     topp: float = 1.0,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    prefix: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Translate by drawing every token from the model's (restricted) distribution.
 
@@ -249,6 +294,7 @@ def sample(
         topp: Draw only from the smallest set of tokens whose probability reaches topp (nucleus).
         temperature: Divides the log-probs before restricting and drawing; below 1 is sharper.
         generator: Random source, for reproducible draws.
+        prefix: As in ``greedy_search``.
 
     Returns:
         One hypothesis per sentence, in input order, scored by the untempered model log-probs
@@ -263,7 +309,7 @@ def sample(
     pick = functools.partial(
         _pick_sample, topk=topk, topp=topp, temperature=temperature, generator=generator
     )
-    return _decode_paths(model, src, src_pad_mask, limits, pick)
+    return _decode_paths(model, src, src_pad_mask, limits, pick, prefix)
 
 
 # --- beam search ---------------------------------------------------------------------------------
@@ -397,6 +443,7 @@ def beam_search(
     beam: int,
     nbest: int = 1,
     lenpen: float = 1.0,
+    prefix: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch with beam search; the decoder runs on B' * K rows per step.
 
@@ -410,6 +457,8 @@ def beam_search(
         nbest: How many finished hypotheses to return per sentence, at most ``beam``.
         lenpen: Exponent of the GNMT length penalty; 0 ranks by raw log-prob, larger favours
             longer outputs.
+        prefix: As in ``greedy_search``; while a sentence is inside its prefix, its one live
+            hypothesis takes the forced token, and the beam opens after it.
 
     Returns:
         Per sentence (input order), up to ``nbest`` hypotheses sorted by score, best first.
@@ -422,13 +471,16 @@ def beam_search(
     if src.size(0) == 0:
         return []
     stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, beam)
+    check_prefix(prefix, max_lens)
     first_cap = int(max_lens.min())
     beams = _init_beams(max_lens, beam)
     tokens = torch.full_like(beams.scores, limits.bos_id, dtype=torch.long)  # [B, K]
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     for step in range(n_steps):
         at_max = (beams.max_lens <= step).repeat_interleave(beam) if step >= first_cap else None
-        cands = _top_candidates(beams, stepper(tokens.reshape(-1), at_max), limits.eos_id)
+        forced = _forced_at(prefix, beams.sent.repeat_interleave(beam), step)
+        lprobs = stepper(tokens.reshape(-1), at_max, forced)
+        cands = _top_candidates(beams, lprobs, limits.eos_id)
         _finalize(beams, cands, lenpen, finished)
         beams, live, slots = _advance(beams, cands, step, lenpen)
         if live.numel() == 0:

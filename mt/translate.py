@@ -116,21 +116,33 @@ class Translator:
             max_len=run.max_len - 1,  # bos takes the first of the model's positions
         )
 
-    def _search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
+    def _search(self, src: torch.Tensor, prefix: torch.Tensor | None) -> list[list[Hypothesis]]:
         d, mask, model, limits = self.decode, src == PAD_ID, self.run.model, self.limits
         if d.sampling:
             found = sample(
                 model, src, mask, limits, topk=d.topk, topp=d.topp, temperature=d.temperature,
-                generator=self.generator,
+                generator=self.generator, prefix=prefix,
             )  # fmt: skip
             return [[h] for h in found]
         if d.beam == 1:
-            return [[h] for h in greedy_search(model, src, mask, limits)]
-        return beam_search(model, src, mask, limits, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen)
+            return [[h] for h in greedy_search(model, src, mask, limits, prefix)]
+        return beam_search(
+            model, src, mask, limits, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen, prefix=prefix
+        )
 
-    def translate(self, lines: list[str], where: str = "<input>", first_line: int = 1):
-        """n-best (text, score) lists for each line, in input order; empty lines give []."""
+    def translate(
+        self,
+        lines: list[str],
+        where: str = "<input>",
+        first_line: int = 1,
+        prefixes: list[str] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """n-best (text, score) lists for each line, in input order; empty lines give [].
+
+        `prefixes` (one per line, "" for none) are target text every output must start with.
+        """
         ids = prepare_ids(self.run, lines, where, first_line)
+        forced = prefix_ids(self.run, self.decode, ids, prefixes, where, first_line)
         results: list[list[tuple[str, float]]] = [[] for _ in lines]
         todo = np.array([i for i, seq in enumerate(ids) if seq], dtype=np.int64)
         lengths = np.array([len(ids[i]) + 1 for i in todo], dtype=np.int64)
@@ -141,12 +153,61 @@ class Translator:
             src = torch.full((len(rows), int(lengths[batch].max())), PAD_ID, dtype=torch.long)
             for r, i in enumerate(rows):
                 src[r, : len(ids[i]) + 1] = torch.tensor([*ids[i], EOS_ID])
+            prefix = None if forced is None else _prefix_tensor([forced[i] for i in rows])
             with autocast(self.precision, self.device):  # search runs under no_grad itself
-                found = self._search(src.to(self.device))
+                found = self._search(src.to(self.device), _to(prefix, self.device))
             for i, hyps in zip(rows, found, strict=True):
                 texts = self.run.tgt_tok.decode([h.tokens for h in hyps])
                 results[i] = [(one_line(t), h.score) for t, h in zip(texts, hyps, strict=True)]
         return results
+
+
+def output_caps(decode: DecodeConfig, max_len: int, src_lengths: list[int]) -> list[int]:
+    """mt's cap on output tokens (before eos) for sources of `src_lengths` tokens, eos included:
+    the same numbers as `Limits.output_lens`."""
+    caps = [max(int(decode.max_len_a * n + decode.max_len_b), 0) for n in src_lengths]
+    return [min(cap, max_len - 1) for cap in caps]
+
+
+def prefix_ids(
+    run: LoadedRun,
+    decode: DecodeConfig,
+    ids: list[list[int]],
+    prefixes: list[str] | None,
+    where: str,
+    first_line: int,
+) -> list[list[int]] | None:
+    """Target ids of each line's prefix, or None without prefixes.
+
+    Raises:
+        MTError: If a prefix is longer than its line's output may be, naming the line.
+    """
+    if prefixes is None or not any(p.strip() for p in prefixes):
+        return None
+    forced = run.tgt_tok.encode(normalize(prefixes, run.normalize_form))
+    caps = output_caps(decode, run.max_len, [len(seq) + 1 for seq in ids])
+    for i, (seq, cap) in enumerate(zip(forced, caps, strict=True)):
+        if len(seq) > cap:
+            raise MTError(
+                f"{where}:{first_line + i}: the target prefix has {len(seq)} tokens, more than "
+                f"the {cap} this line's output may have (decode.max_len_a, decode.max_len_b)."
+            )
+    return forced
+
+
+def _prefix_tensor(forced: list[list[int]]) -> torch.Tensor | None:
+    """Prefix ids [B, P], -1 after each one's end; None when no row has one."""
+    width = max(len(seq) for seq in forced)
+    if width == 0:
+        return None
+    prefix = torch.full((len(forced), width), -1, dtype=torch.long)
+    for r, seq in enumerate(forced):
+        prefix[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return prefix
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
 
 
 # Every character that Python's str.splitlines() (and so many readers) treats as a line end.
@@ -237,16 +298,47 @@ def setup_inference(
     return setup_hardware(device_name, precision_name, threads)
 
 
-def translate_files(translator: Any, inputs: list[str], output: str) -> int:
-    """Stream `inputs` through the translator into `output`; returns the lines translated."""
+INPUT_FORMATS = ("text", "tsv")
+
+
+def translate_files(
+    translator: Any, inputs: list[str], output: str, input_format: str = "text"
+) -> int:
+    """Stream `inputs` through the translator into `output`; returns the lines translated.
+
+    input_format=tsv reads `source<TAB>target prefix` lines; decode.prefix names a file of
+    prefixes, one per input line.
+    """
+    if input_format not in INPUT_FORMATS:
+        raise MTError(f"input_format={input_format!r} is not one of {', '.join(INPUT_FORMATS)}.")
+    prefix_file = translator.decode.prefix
     total = 0
-    with _open_output(output) as out:
+    with _open_output(output) as out, _prefix_lines(prefix_file) as prefix_lines:
         for name, first, lines in read_buffers(inputs, translator.decode.buffer_lines):
-            results = translator.translate(lines, name, first)
+            prefixes = None
+            if input_format == "tsv":
+                pairs = [line.split("\t", 1) for line in lines]
+                lines, prefixes = [p[0] for p in pairs], [p[1] if len(p) > 1 else "" for p in pairs]
+            elif prefix_lines is not None:
+                prefixes = [next(prefix_lines, None) for _ in lines]
+                if None in prefixes:
+                    raise MTError(f"decode.prefix {prefix_file} has fewer lines than the input.")
+            results = translator.translate(lines, name, first, prefixes)
             out.write(_format(results, translator.decode.nbest, first))
             out.flush()
             total += len(lines)
+        if prefix_lines is not None and next(prefix_lines, None) is not None:
+            raise MTError(f"decode.prefix {prefix_file} has more lines than the input.")
     return total
+
+
+@contextmanager
+def _prefix_lines(path: str | None) -> Iterator[Iterator[str] | None]:
+    """The lines of a prefix file (strictly UTF-8), or None without one."""
+    if path is None:
+        yield None
+        return
+    yield (line for _, _, buffer in read_buffers([path], 2000) for line in buffer)
 
 
 ENGINES = ("torch", "ctranslate2")
@@ -271,6 +363,6 @@ def run_translate(cfg: TranslateConfig) -> int:
     device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)
     run = load_run(Path(cfg.run_dir), cfg.checkpoint, device)
     translator = make_translator(run, cfg.decode, device, precision, cfg.engine)
-    total = translate_files(translator, as_list(cfg.input), cfg.output)
+    total = translate_files(translator, as_list(cfg.input), cfg.output, cfg.input_format)
     log.info("translated %d lines with %s", total, run.checkpoint)
     return total

@@ -259,6 +259,8 @@ class DecodeConfig:
     prefix: str | None = None
     """File of target prefixes, one per input line (empty: none): each output starts with its
     line's prefix and continues from there."""
+    ensemble_weights: list[float] | None = None
+    """With checkpoint=[a.pt,b.pt,...]: one weight per checkpoint (default: equal)."""
 
 
 @dataclass
@@ -267,8 +269,9 @@ class TranslateConfig:
 
     run_dir: str = "???"
     """Run folder written by `mt train` (checkpoints and SentencePiece model)."""
-    checkpoint: str | None = None
-    """Checkpoint file; null picks final.pt, else best.pt, else last.pt of run_dir."""
+    checkpoint: Any = None
+    """Checkpoint file; null picks final.pt, else best.pt, else last.pt of run_dir; a list
+    ([a.pt,b.pt]) decodes with the ensemble of those models (one vocabulary)."""
     input: Any = "-"
     """Input file, a list of files ([a.txt,b.txt]), or - for stdin."""
     output: str = "-"
@@ -302,8 +305,8 @@ class EvalConfig:
     """Source file to translate with run_dir."""
     output: str | None = None
     """Where to save the translations of src (default: RUN_DIR/<src name>.hyp)."""
-    checkpoint: str | None = None
-    """Checkpoint of run_dir to use (see mt translate)."""
+    checkpoint: Any = None
+    """Checkpoint of run_dir to use, or a list of them (an ensemble; see mt translate)."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     report: str | None = None
     """Also write the scores as JSON to this file."""

@@ -68,6 +68,12 @@ class CT2Translator:
                 "engine=ctranslate2 needs the ctranslate2 package: pip install 'mt[export]' "
                 '(from a checkout: pip install -e ".[export]").'
             ) from None
+        from mt.ensemble import Ensemble
+
+        if isinstance(run.model, Ensemble):
+            raise MTError(
+                "engine=ctranslate2 decodes one checkpoint; use engine=torch for an ensemble."
+            )
         if precision not in COMPUTE_TYPES:
             raise MTError(
                 f"engine=ctranslate2 takes precision fp32, bf16, fp16 or int8, not {precision}."

@@ -45,14 +45,27 @@ class LoadedRun:
     checkpoint: Path
 
 
-def load_run(run_dir: Path, checkpoint: str | None, device: torch.device) -> LoadedRun:
-    """Rebuild the model from a checkpoint and check its vocabulary against the run's."""
-    from mt.model import transformer
+def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
+    """Rebuild the model from a checkpoint and check its vocabulary against the run's.
+
+    `checkpoint` is a path, None (the run's pick), or a list of paths: an `Ensemble` of models
+    of one vocabulary, equally weighted (`set_ensemble_weights` changes that).
+    """
+    from mt.ensemble import Ensemble
 
     run = RunDir(run_dir)
-    path = run.pick_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path)
-    vocab = ckpt["vocab"]
+    paths = [run.pick_checkpoint(c) for c in as_list(checkpoint)] or [run.pick_checkpoint(None)]
+    models, ckpts = [], []
+    for path in paths:
+        model, ckpt = _load_model(path, device)
+        if ckpts and ckpt["vocab"] != ckpts[0]["vocab"]:
+            raise MTError(
+                f"{path} was trained with another vocabulary than {paths[0]}; an ensemble "
+                "needs one vocabulary."
+            )
+        models.append(model)
+        ckpts.append(ckpt)
+    vocab = ckpts[0]["vocab"]
     tokenizers = {}
     for side in ("src", "tgt"):
         spm_path = run.spm(vocab["models"][side])
@@ -60,18 +73,25 @@ def load_run(run_dir: Path, checkpoint: str | None, device: torch.device) -> Loa
             raise MTError(f"{spm_path} is missing: the run folder needs its SentencePiece model.")
         tok = Tokenizer(spm_path)
         if tok.sha256() != vocab["sha256"][side]:
-            raise MTError(f"{path} was trained with another vocabulary than {spm_path}.")
+            raise MTError(f"{paths[0]} was trained with another vocabulary than {spm_path}.")
         tokenizers[side] = tok
-    model = transformer(**ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
     return LoadedRun(
-        model.to(device).eval(),
+        models[0] if len(models) == 1 else Ensemble(models).eval(),
         tokenizers["src"],
         tokenizers["tgt"],
-        _normalize_form(ckpt),
-        ckpt["model_args"]["max_positions"],
-        path,
+        _normalize_form(ckpts[0]),
+        min(c["model_args"]["max_positions"] for c in ckpts),
+        paths[0],
     )
+
+
+def _load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from mt.model import transformer
+
+    ckpt = load_checkpoint(path)
+    model = transformer(**ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
 
 
 def _normalize_form(ckpt: dict[str, Any]) -> str:
@@ -83,6 +103,17 @@ def _normalize_form(ckpt: dict[str, Any]) -> str:
     if "data" in ckpt:
         return str(ckpt["data"]["normalize"])
     return str(ckpt.get("config", {}).get("clean", {}).get("normalize", "NFC"))
+
+
+def _reweighted(model: torch.nn.Module, weights: list[float]) -> torch.nn.Module:
+    """The ensemble with its members weighted by `weights` (decode.ensemble_weights)."""
+    from mt.ensemble import Ensemble
+
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    try:
+        return Ensemble(members, [float(w) for w in weights]).eval()
+    except ValueError as exc:
+        raise MTError(f"decode.ensemble_weights: {exc}") from None
 
 
 def prepare_ids(run: LoadedRun, lines: list[str], where: str, first_line: int) -> list[list[int]]:
@@ -104,6 +135,8 @@ class Translator:
     """Translates lists of sentences with one loaded run and decode settings."""
 
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
+        if decode.ensemble_weights is not None:
+            run = dataclasses.replace(run, model=_reweighted(run.model, decode.ensemble_weights))
         if precision == "int8":  # dynamic int8 linear layers, on a copy of the loaded model
             run = dataclasses.replace(run, model=quantize_int8(run.model))
         self.run, self.decode, self.device, self.precision = run, decode, device, precision

@@ -20,13 +20,14 @@ from mt.config import (
     validate_decode,
     validate_model,
     validate_prepare,
+    validate_serve,
     validate_train,
 )
 from mt.model import transformer
 from mt.model.layers import Dropout
 from tests.conftest import compose_config
 
-STAGES = ("prepare", "train", "translate", "eval")
+STAGES = ("prepare", "train", "translate", "eval", "export", "serve")
 GROUP_STAGES = {
     "data": ("prepare", "train"),
     "model": ("train",),
@@ -51,8 +52,10 @@ def _required(group: str, option: str) -> list[str]:
 
 
 def _compose(stage: str, overrides: list[str]) -> object:
-    if stage == "translate":  # the run to translate with has no default
+    if stage in ("translate", "export", "serve"):  # the run to use has no default
         overrides = ["run_dir=runs/placeholder", *overrides]
+    if stage == "export":
+        overrides = ["out_dir=exports/placeholder", *overrides]
     return compose_config(stage, overrides)
 
 
@@ -64,6 +67,12 @@ def _validate(stage: str, cfg: object) -> None:
         validate_train(cfg)
         # with data_dir unset, train prepares `data` first: that config must hold too
         validate_prepare(PrepareConfig(data=cfg.data, clean=cfg.clean, spm=cfg.spm))
+    elif stage == "export":
+        from mt.export import FORMATS
+
+        assert cfg.format in FORMATS
+    elif stage == "serve":
+        validate_serve(cfg)
     else:
         validate_decode(cfg.decode)
 

@@ -1,0 +1,322 @@
+"""The FastAPI app of `mt serve`: routes, request models, limits, API key, JSON errors.
+
+Every error is `{"error": "<one sentence>"}` with a 4xx/5xx status; a limit's sentence names
+its `serve.*` key. `build_app` takes objects (a Translator, the options, the key), not config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mt.config import ServeOptions
+from mt.serve_batch import Batcher, Metrics, QueueFull, Results, Settings
+from mt.translate import Translator
+
+PAGE = "serve_page.html"
+ROUTES = ("/", "/translate", "/health", "/metrics", "/docs", "/openapi.json")
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status and the sentence sent as {"error": ...}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class TranslateRequest(BaseModel):
+    """Sentences to translate, with optional decode settings (the server's by default)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": ["A man rides a bike."], "beam": 4}]},
+    )
+    text: str | list[str] = Field(description="One sentence, or a list of sentences.")
+    beam: int | None = Field(None, ge=1, description="Beam size, at most serve.max_beam.")
+    nbest: int | None = Field(None, ge=1, description="Hypotheses per sentence, at most beam.")
+    lenpen: float | None = Field(None, ge=0, le=10, description="Length penalty exponent.")
+
+
+class Scored(BaseModel):
+    """One hypothesis of an n-best list."""
+
+    text: str
+    score: float
+
+
+class TranslateResponse(BaseModel):
+    """Per sentence in request order: its translation (nbest=1) or its n-best list."""
+
+    translations: list[str] | list[list[Scored]]
+    scores: list[float | None] | None = Field(
+        None, description="With nbest=1: each translation's score (null for an empty sentence)."
+    )
+
+
+class Health(BaseModel):
+    """Whether the model is loaded, which checkpoint, and how long the server has run."""
+
+    status: str
+    model_loaded: bool
+    checkpoint: str
+    uptime_s: float
+    queue: int
+
+
+def build_app(translator: Translator, options: ServeOptions, api_key: str | None) -> FastAPI:
+    """The app serving `translator`; its batcher runs while the app's lifespan does."""
+    metrics = Metrics()
+    batcher = Batcher(
+        translator,
+        options.batch_window_ms / 1000,
+        options.max_batch_sentences,
+        options.max_queue,
+        metrics,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="mt serve",
+        summary="Machine translation with a trained mt run; sentences are batched across requests.",
+        lifespan=lifespan,
+    )
+    app.state.batcher, app.state.metrics = batcher, metrics
+    _add_error_handlers(app)
+    app.add_middleware(_Gate, max_body_bytes=options.max_body_bytes, metrics=metrics)
+    _add_routes(app, translator, options, batcher, _key_check(api_key))
+    return app
+
+
+def _add_routes(
+    app: FastAPI, translator: Translator, options: ServeOptions, batcher: Batcher,
+    authorized: Callable[[Request], None],
+) -> None:  # fmt: skip
+    started = time.monotonic()
+    page = importlib.resources.files("mt").joinpath(PAGE).read_text(encoding="utf-8")
+
+    @app.post("/translate", dependencies=[Depends(authorized)])
+    async def translate(req: TranslateRequest) -> TranslateResponse:
+        """Translate one sentence or a list; concurrent requests share decoder batches."""
+        lines, settings = check_request(req, options, translator)
+        try:
+            results = await batcher.submit(lines, settings, options.timeout_s)
+        except QueueFull:
+            raise ApiError(
+                503, f"the server is busy: serve.max_queue={options.max_queue} requests are "
+                "waiting; try again shortly.",
+            ) from None  # fmt: skip
+        except asyncio.TimeoutError:
+            raise ApiError(
+                504, f"no translation within serve.timeout_s={options.timeout_s:g} seconds."
+            ) from None
+        return _response(results, settings.nbest)
+
+    @app.get("/health")
+    async def health() -> Health:
+        """Open without the API key, for load balancers and probes."""
+        return Health(
+            status="ok",
+            model_loaded=True,
+            checkpoint=str(translator.run.checkpoint),
+            uptime_s=round(time.monotonic() - started, 3),
+            queue=batcher.queue.qsize(),
+        )
+
+    @app.get("/metrics", dependencies=[Depends(authorized)], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Counters, batch sizes and latency quantiles in the Prometheus text format."""
+        body = app.state.metrics.render()
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+
+def check_request(
+    req: TranslateRequest, options: ServeOptions, translator: Translator
+) -> tuple[list[str], Settings]:
+    """The request's sentences and decode settings, or ApiError naming the limit it breaks."""
+    lines = [req.text] if isinstance(req.text, str) else req.text
+    if not lines:
+        raise ApiError(422, "text is an empty list; send at least one sentence.")
+    if len(lines) > options.max_sentences:
+        raise ApiError(
+            413, f"{len(lines)} sentences in one request; serve.max_sentences is "
+            f"{options.max_sentences}.",
+        )  # fmt: skip
+    for i, line in enumerate(lines, start=1):
+        if len(line) > options.max_chars:
+            raise ApiError(
+                413, f"sentence {i} has {len(line)} characters; serve.max_chars is "
+                f"{options.max_chars}.",
+            )  # fmt: skip
+    d = translator.decode
+    beam = req.beam or d.beam
+    if beam > options.max_beam:
+        raise ApiError(422, f"beam={beam} exceeds serve.max_beam={options.max_beam}.")
+    nbest = req.nbest or min(d.nbest, beam)
+    if nbest > beam:
+        raise ApiError(422, f"nbest={nbest} exceeds beam={beam}.")
+    return lines, Settings(beam, nbest, d.lenpen if req.lenpen is None else req.lenpen)
+
+
+def _response(results: Results, nbest: int) -> TranslateResponse:
+    if nbest == 1:
+        return TranslateResponse(
+            translations=[hyps[0][0] if hyps else "" for hyps in results],
+            scores=[hyps[0][1] if hyps else None for hyps in results],
+        )
+    nbest_lists = [[Scored(text=t, score=s) for t, s in hyps] for hyps in results]
+    return TranslateResponse(translations=nbest_lists)
+
+
+def _key_check(api_key: str | None) -> Callable[[Request], None]:
+    """A dependency refusing requests without the key (`Authorization: Bearer` or X-API-Key)."""
+
+    def authorized(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key", "")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = given or token.strip()
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            what = "a wrong API key" if given else "no API key"
+            raise ApiError(401, f"{what}: send `Authorization: Bearer KEY` or `X-API-Key: KEY`.")
+
+    return authorized
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, FastAPI's own included, as {"error": "<one sentence>"}."""
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse({"error": f"{exc.detail}."}, exc.status_code, exc.headers)
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        json_sent = "json" in request.headers.get("content-type", "")
+        status, message = validation_sentence(exc.errors(), json_sent)
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}."}, 500)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, crashed)
+
+
+def validation_sentence(errors: Any, json_sent: bool = True) -> tuple[int, str]:
+    """(status, one sentence) for pydantic's errors of a request body: the first one counts.
+
+    A body sent without `Content-Type: application/json` is not parsed (so an HTML form on
+    another site cannot post to the API); `json_sent` tells that case apart.
+    """
+    first = errors[0]
+    where = [str(p) for p in first["loc"] if p != "body"]
+    if first["type"] == "json_invalid":
+        return 400, f"the request body is not valid JSON ({first['ctx']['error']})."
+    if not json_sent and not where:
+        return 415, "send the body as JSON, with the header Content-Type: application/json."
+    if not where or first["type"] == "model_attributes_type":
+        return 422, 'the request body must be a JSON object like {"text": "..."}.'
+    field = where[0]
+    if first["type"] == "missing":
+        return 422, f"the request has no '{field}' field."
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(TranslateRequest.model_fields)
+        return 422, f"unknown field '{field}'; the fields are {allowed}."
+    if field == "text":  # str | list[str]: pydantic reports both branches; an index is clearer
+        items = [e["loc"] for e in errors if len(e["loc"]) == 4 and e["loc"][1] == "text"]
+        if items:  # ("body", "text", "list[str]", index)
+            index = items[0][3]
+            return 422, f"text[{index}] is not a string."
+        return 422, "text must be a string or a list of strings."
+    return 422, f"{field}: {first['msg'][0].lower()}{first['msg'][1:]}."
+
+
+class _Gate:
+    """ASGI middleware: refuses bodies over serve.max_body_bytes (413), counts every answer."""
+
+    def __init__(self, app: Any, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [500]
+
+        async def send_noting_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        path = scope["path"] if scope["path"] in ROUTES else "other"
+        try:
+            body = await self._read_body(scope, receive)
+            if body is None:
+                too_big = f"the request body is over serve.max_body_bytes={self.max_body_bytes}."
+                answer = JSONResponse({"error": too_big}, 413, {"connection": "close"})
+                await answer(scope, receive, send_noting_status)
+            else:
+                await self.app(scope, _replay(body, receive), send_noting_status)
+        finally:
+            self.metrics.record_request(path, status[0], time.perf_counter() - started)
+
+    async def _read_body(self, scope: dict, receive: Callable) -> bytes | None:
+        """The whole body, or None as soon as it is known to be over the limit."""
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return b"".join(chunks)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Callable) -> Callable[[], Awaitable[dict]]:
+    """A receive() that hands the app the body already read, then the client's messages."""
+    sent = False
+
+    async def replayed() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed

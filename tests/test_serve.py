@@ -1,0 +1,464 @@
+"""mt serve: the HTTP API on a tiny model that memorized 32 pairs, in process and as `mt serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mt.config import ConfigError, DecodeConfig, ServeOptions, validate_serve  # noqa: E402
+from mt.serve import api_key_of  # noqa: E402
+from mt.serve_app import build_app  # noqa: E402
+from mt.translate import Translator, load_run  # noqa: E402
+from tests.conftest import compose_config  # noqa: E402
+from tests.test_cli import assert_clean_error, mt  # noqa: E402
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def translator(overfit_run) -> Translator:
+    import torch
+
+    _, run, _ = overfit_run
+    cpu = torch.device("cpu")
+    return Translator(load_run(run, None, cpu), DecodeConfig(), cpu, "fp32")
+
+
+@pytest.fixture(scope="module")
+def src(overfit_run) -> list[str]:
+    return _lines(overfit_run[0] / "train.en")
+
+
+@pytest.fixture(scope="module")
+def client(translator):
+    with TestClient(build_app(translator, ServeOptions(batch_window_ms=1), None)) as c:
+        yield c
+
+
+def _metrics(text: str) -> dict[str, float]:
+    """`name{labels}` -> value of a Prometheus text exposition."""
+    rows = [line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")]
+    return {name: float(value) for name, value in rows}
+
+
+@contextlib.asynccontextmanager
+async def _async_client(app):
+    """An httpx client calling the app in this event loop, with the app's lifespan running."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://mt") as c:
+            yield c
+
+
+class _Blocking:
+    """A stand-in Translator whose translate() blocks until `release` is set."""
+
+    def __init__(self) -> None:
+        self.decode = DecodeConfig()
+        self.run = SimpleNamespace(checkpoint=Path("stub.pt"))
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def translate(self, lines, where="<input>", first_line=1):
+        self.started.set()
+        assert self.release.wait(20)
+        return [[(line.upper(), -1.0)] for line in lines]
+
+
+# ------------------------------------------------------------------ translations
+
+
+def test_one_sentence_and_a_list_equal_the_translator_output(client, translator, src):
+    expected = translator.translate(src[:6])
+    one = client.post("/translate", json={"text": src[0]})
+    assert one.status_code == 200, one.text
+    assert one.json()["translations"] == [expected[0][0][0]]
+    assert one.json()["scores"] == pytest.approx([expected[0][0][1]], abs=1e-4)
+    many = client.post("/translate", json={"text": src[:6]}).json()
+    assert many["translations"] == [hyps[0][0] for hyps in expected]
+    assert many["scores"] == pytest.approx([hyps[0][1] for hyps in expected], abs=1e-4)
+
+
+def test_the_model_translates_its_training_pairs(client, overfit_run, src):
+    tgt = _lines(overfit_run[0] / "train.de")
+    assert client.post("/translate", json={"text": src[:8]}).json()["translations"] == tgt[:8]
+
+
+def test_nbest_gives_scored_lists_like_the_translator(client, translator, src):
+    answer = client.post("/translate", json={"text": src[:3], "beam": 4, "nbest": 3, "lenpen": 0.6})
+    assert answer.status_code == 200, answer.text
+    reference = Translator(
+        translator.run, DecodeConfig(beam=4, nbest=3, lenpen=0.6), *_dev(translator)
+    )
+    for got, want in zip(answer.json()["translations"], reference.translate(src[:3]), strict=True):
+        assert [h["text"] for h in got] == [t for t, _ in want]
+        assert [h["score"] for h in got] == pytest.approx([s for _, s in want], abs=1e-4)
+        assert [h["score"] for h in got] == sorted((h["score"] for h in got), reverse=True)
+
+
+def _dev(translator: Translator) -> tuple:
+    return translator.device, translator.precision
+
+
+def test_empty_sentence_gives_empty_translation(client, src):
+    answer = client.post("/translate", json={"text": ["", src[1]]}).json()
+    assert answer["translations"][0] == "" and answer["scores"][0] is None
+    assert answer["translations"][1]
+
+
+# ------------------------------------------------------------------ health, metrics, docs, page
+
+
+def test_health_names_the_checkpoint_and_needs_no_key(translator):
+    with TestClient(build_app(translator, ServeOptions(), api_key="s3cret")) as c:
+        first = c.get("/health")
+        time.sleep(0.05)
+        second = c.get("/health").json()
+    assert first.status_code == 200
+    assert first.json()["model_loaded"] is True
+    assert first.json()["checkpoint"] == str(translator.run.checkpoint)
+    assert second["uptime_s"] > first.json()["uptime_s"] >= 0
+
+
+def test_metrics_count_requests_sentences_batches_and_latency(translator, src):
+    with TestClient(build_app(translator, ServeOptions(batch_window_ms=0), None)) as c:
+        c.post("/translate", json={"text": src[:3]})
+        c.post("/translate", json={"text": src[3]})
+        c.post("/translate", json={"text": []})
+        response = c.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    m = _metrics(response.text)
+    assert m['mt_requests_total{path="/translate",status="200"}'] == 2
+    assert m['mt_requests_total{path="/translate",status="422"}'] == 1
+    assert m["mt_sentences_total"] == 4
+    assert m["mt_batch_sentences_count"] == 2 and m["mt_batch_sentences_sum"] == 4
+    assert m['mt_batch_sentences_bucket{le="1"}'] == 1  # the request of one sentence
+    assert m['mt_batch_sentences_bucket{le="4"}'] == 2
+    assert m["mt_request_latency_seconds_count"] == 3
+    assert 0 < m['mt_request_latency_seconds{quantile="0.5"}'] < 60
+
+
+def test_openapi_docs_and_page(client):
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert "/translate" in schema["paths"]
+    assert {"text", "beam", "nbest", "lenpen"} <= set(
+        schema["components"]["schemas"]["TranslateRequest"]["properties"]
+    )
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<textarea" in page.text and 'id="output"' in page.text and "translate" in page.text
+
+
+# ------------------------------------------------------------------ limits and bad requests
+
+
+@pytest.mark.parametrize(
+    ("options", "body", "status", "fragment"),
+    [
+        ({"max_chars": 10}, {"text": ["short", "x" * 11]}, 413,
+         "sentence 2 has 11 characters; serve.max_chars is 10"),
+        ({"max_sentences": 2}, {"text": ["a", "b", "c"]}, 413,
+         "3 sentences in one request; serve.max_sentences is 2"),
+        ({"max_beam": 6}, {"text": "a", "beam": 7}, 422, "beam=7 exceeds serve.max_beam=6"),
+        ({}, {"text": "a", "beam": 2, "nbest": 3}, 422, "nbest=3 exceeds beam=2"),
+        ({"max_body_bytes": 100}, {"text": "y" * 200}, 413, "serve.max_body_bytes=100"),
+    ],
+)  # fmt: skip
+def test_a_request_over_a_limit_gets_4xx_naming_it(
+    translator, src, options, body, status, fragment
+):
+    with TestClient(build_app(translator, ServeOptions(**options), None)) as c:
+        refused = c.post("/translate", json=body)
+        assert refused.status_code == status
+        assert fragment in refused.json()["error"]
+        assert c.post("/translate", json={"text": "the dog"}).status_code == 200  # still serving
+
+
+def test_a_chunked_body_over_the_limit_is_refused_too(translator, src):
+    with TestClient(build_app(translator, ServeOptions(max_body_bytes=100), None)) as c:
+        chunks = iter([b'{"text": "' + b"z" * 60, b"z" * 60 + b'"}'])  # no Content-Length
+        refused = c.post("/translate", content=chunks, headers={"content-type": "application/json"})
+        assert refused.status_code == 413, refused.text
+        assert "serve.max_body_bytes=100" in refused.json()["error"]
+        assert c.post("/translate", json={"text": src[0]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "fragment"),
+    [
+        (b'{"text": "a man', 400, "not valid JSON"),
+        (b'{"text": 5}', 422, "text must be a string or a list of strings"),
+        (b'{"text": ["a", 3]}', 422, "text[1] is not a string"),
+        (b'{"text": []}', 422, "text is an empty list"),
+        (b"{}", 422, "no 'text' field"),
+        (b"[1, 2]", 422, "must be a JSON object"),
+        (b'{"text": "a", "beam": "wide"}', 422, "beam: "),
+        (b'{"text": "a", "beam": 0}', 422, "beam: "),
+        (b'{"text": "a", "colour": 1}', 422, "unknown field 'colour'"),
+    ],
+)
+def test_malformed_requests_get_one_sentence_json_errors(client, src, content, status, fragment):
+    answer = client.post(
+        "/translate", content=content, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == status, answer.text
+    assert list(answer.json()) == ["error"]
+    message = answer.json()["error"]
+    assert fragment in message and "\n" not in message and message.endswith(".")
+    assert client.post("/translate", json={"text": src[0]}).status_code == 200
+
+
+def test_a_body_not_sent_as_json_gets_415(client):
+    answer = client.post("/translate", content=b'{"text": "a"}')  # no Content-Type
+    assert answer.status_code == 415 and "Content-Type: application/json" in answer.json()["error"]
+    form = client.post("/translate", data={"text": "a"})
+    assert form.status_code == 415
+
+
+def test_unknown_path_is_a_json_404(client):
+    answer = client.get("/nowhere")
+    assert answer.status_code == 404 and answer.json() == {"error": "Not Found."}
+
+
+def test_api_key_from_either_header(translator, src, monkeypatch):
+    with TestClient(build_app(translator, ServeOptions(), api_key="s3cret")) as c:
+        body = {"text": src[0]}
+        assert "no API key" in c.post("/translate", json=body).json()["error"]
+        wrong = c.post("/translate", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "wrong API key" in wrong.json()["error"]
+        assert c.get("/metrics").status_code == 401
+        ok = c.post("/translate", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert c.post("/translate", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
+    monkeypatch.setenv("MT_SERVE_API_KEY", "from-env")
+    assert api_key_of(ServeOptions()) == "from-env"
+    assert api_key_of(ServeOptions(api_key="given")) == "given"
+    monkeypatch.delenv("MT_SERVE_API_KEY")
+    assert api_key_of(ServeOptions()) is None
+
+
+# ------------------------------------------------------------------ batching, queue, timeout
+
+
+def test_concurrent_requests_are_decoded_in_one_batch(translator, src):
+    app = build_app(translator, ServeOptions(batch_window_ms=300), None)
+
+    async def send_all():
+        async with _async_client(app) as c:
+            posts = [c.post("/translate", json={"text": line}) for line in src[:8]]
+            return await asyncio.gather(*posts), (await c.get("/metrics")).text
+
+    answers, metrics = asyncio.run(send_all())
+    m = _metrics(metrics)
+    assert m["mt_batch_sentences_count"] == 1 and m["mt_batch_sentences_sum"] == 8
+    for line, answer in zip(src[:8], answers, strict=True):
+        (hyp,) = translator.translate([line])  # one by one
+        assert answer.json()["translations"] == [hyp[0][0]]
+        assert answer.json()["scores"] == pytest.approx([hyp[0][1]], abs=1e-4)
+
+
+def test_requests_with_other_settings_get_their_own_batch(translator, src):
+    app = build_app(translator, ServeOptions(batch_window_ms=300), None)
+
+    async def send_all():
+        async with _async_client(app) as c:
+            posts = [
+                c.post("/translate", json={"text": s, "beam": 1 + i % 2})
+                for i, s in enumerate(src[:6])
+            ]
+            return await asyncio.gather(*posts), (await c.get("/metrics")).text
+
+    answers, metrics = asyncio.run(send_all())
+    m = _metrics(metrics)
+    assert m["mt_batch_sentences_count"] == 2 and m["mt_batch_sentences_sum"] == 6
+    assert all(a.status_code == 200 for a in answers)
+
+
+def test_max_batch_sentences_splits_batches(translator, src):
+    app = build_app(translator, ServeOptions(batch_window_ms=300, max_batch_sentences=4), None)
+
+    async def send_all():
+        async with _async_client(app) as c:
+            posts = [c.post("/translate", json={"text": src[i : i + 2]}) for i in range(0, 12, 2)]
+            return await asyncio.gather(*posts), (await c.get("/metrics")).text
+
+    answers, metrics = asyncio.run(send_all())
+    m = _metrics(metrics)
+    assert m["mt_batch_sentences_count"] == 3 and m['mt_batch_sentences_bucket{le="2"}'] == 0
+    got = [t for a in answers for t in a.json()["translations"]]
+    assert got == [hyps[0][0] for hyps in translator.translate(src[:12])]
+
+
+def test_a_full_queue_gives_503_and_queued_requests_still_finish():
+    stub = _Blocking()
+    app = build_app(stub, ServeOptions(max_queue=1, batch_window_ms=0), None)
+
+    async def scenario():
+        async with _async_client(app) as c:
+            first = asyncio.create_task(c.post("/translate", json={"text": "a"}))
+            while not stub.started.is_set():  # the worker is decoding "a"
+                await asyncio.sleep(0.01)
+            second = asyncio.create_task(c.post("/translate", json={"text": "b"}))
+            while app.state.batcher.queue.qsize() < 1:  # "b" waits in the queue
+                await asyncio.sleep(0.01)
+            third = await c.post("/translate", json={"text": "c"})
+            stub.release.set()
+            return await first, await second, third
+
+    first, second, third = asyncio.run(scenario())
+    assert third.status_code == 503 and "serve.max_queue=1" in third.json()["error"]
+    assert first.json()["translations"] == ["A"] and second.json()["translations"] == ["B"]
+
+
+def test_a_request_over_the_timeout_gets_504_and_the_server_goes_on():
+    stub = _Blocking()
+    app = build_app(stub, ServeOptions(timeout_s=0.2, batch_window_ms=0), None)
+
+    async def scenario():
+        async with _async_client(app) as c:
+            late = await c.post("/translate", json={"text": "a"})
+            stub.release.set()
+            return late, await c.post("/translate", json={"text": "b"})
+
+    late, after = asyncio.run(scenario())
+    assert late.status_code == 504 and "serve.timeout_s=0.2" in late.json()["error"]
+    assert after.status_code == 200 and after.json()["translations"] == ["B"]
+
+
+def test_a_decoder_crash_is_a_500_json_and_the_server_goes_on():
+    stub = _Blocking()
+    stub.release.set()
+    calls = []
+
+    def translate(lines, where="<input>", first_line=1):
+        calls.append(lines)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return [[(line, 0.0)] for line in lines]
+
+    stub.translate = translate
+    with TestClient(build_app(stub, ServeOptions(), None), raise_server_exceptions=False) as c:
+        crashed = c.post("/translate", json={"text": "a"})
+        assert crashed.status_code == 500 and "RuntimeError" in crashed.json()["error"]
+        assert c.post("/translate", json={"text": "b"}).json()["translations"] == ["b"]
+
+
+# ------------------------------------------------------------------ config and the command
+
+
+def test_serve_config_composes_and_validates(overfit_run):
+    cfg = compose_config("serve", [f"run_dir={overfit_run[1]}", "serve.max_chars=50", "port=0"])
+    assert cfg.serve.max_chars == 50 and cfg.host == "127.0.0.1"
+    validate_serve(cfg)
+    cfg.decode.beam = cfg.serve.max_beam + 1
+    with pytest.raises(ConfigError, match="serve.max_beam"):
+        validate_serve(cfg)
+
+
+def test_help_lists_serve():
+    assert "  serve " in mt("--help").stdout
+
+
+def test_bad_run_dir_and_missing_checkpoint_are_one_sentence(overfit_run, tmp_path):
+    assert_clean_error(mt("serve", f"run_dir={tmp_path / 'none'}"), "is not a folder")
+    missing = tmp_path / "gone.pt"
+    result = mt("serve", f"run_dir={overfit_run[1]}", f"checkpoint={missing}", "device=cpu")
+    assert_clean_error(result, str(missing), "does not exist")
+
+
+def _start(run: Path, *extra: str) -> tuple[subprocess.Popen, str, list[str]]:
+    """`python -m mt serve run_dir=RUN port=0 ...`: the process, its URL, its stderr lines."""
+    cmd = [sys.executable, "-m", "mt", "serve", f"run_dir={run}", "port=0", "device=cpu"]
+    cmd += ["precision=fp32", "threads=1", *extra]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            seen.append(lines.get(timeout=0.2))
+            if found := re.search(r" on (http://127\.0\.0\.1:\d+/)", seen[-1]):
+                _wait_healthy(found.group(1))
+                threading.Thread(target=lambda: [seen.append(x) for x in iter(lines.get, None)],
+                                 daemon=True).start()  # fmt: skip
+                return proc, found.group(1), seen
+        if proc.poll() is not None and lines.empty():
+            break
+    proc.kill()
+    raise AssertionError("mt serve did not start:\n" + "".join(seen))
+
+
+def _wait_healthy(url: str) -> None:
+    for _ in range(100):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "health", timeout=5).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{url}health never answered")
+
+
+@pytest.fixture(scope="module")
+def server(overfit_run):
+    proc, url, seen = _start(overfit_run[1])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def test_the_command_serves_over_http(server, translator, src):
+    assert httpx.get(server + "health").json()["model_loaded"] is True
+    answer = httpx.post(server + "translate", json={"text": src[:2]}, timeout=30)
+    assert answer.json()["translations"] == [h[0][0] for h in translator.translate(src[:2])]
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(overfit_run, translator, src):
+    proc, url, seen = _start(overfit_run[1], "serve.batch_window_ms=1500")
+    answers = []
+    request = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(url + "translate", json={"text": src[0]}, timeout=60)
+        )
+    )
+    request.start()
+    time.sleep(0.7)  # the request waits in the batch window
+    proc.send_signal(signal.SIGTERM)
+    request.join(60)
+    assert proc.wait(timeout=60) == 0, "".join(seen)
+    assert answers and answers[0].status_code == 200
+    assert answers[0].json()["translations"] == [translator.translate([src[0]])[0][0][0]]
+    assert any("SIGTERM: stopped after answering" in line for line in seen)
+
+
+def test_the_page_translates_in_a_headless_browser(server, translator, src, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    url = f"{server}?text={urllib.parse.quote(src[3])}"
+    cmd = [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run"]
+    cmd += [f"--user-data-dir={tmp_path}", "--virtual-time-budget=5000", "--dump-dom", url]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    expected = translator.translate([src[3]])[0][0][0]
+    output = re.search(r'<div id="output"[^>]*>(.*?)</div>', dom, re.S)
+    assert output and output.group(1) == html.escape(expected, quote=False), dom

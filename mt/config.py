@@ -385,6 +385,8 @@ class ServeConfig:
     """auto | bf16 | fp16 | fp32 | int8 (see mt translate)."""
     threads: int = 0
     """CPU threads for PyTorch; 0 keeps its default."""
+    engine: str = "torch"
+    """torch | ctranslate2 (see mt translate)."""
 
 
 NORMALIZATION_FORMS = ("NFC", "NFKC", "NFD", "NFKD", "none")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mt.config import ServeConfig, ServeOptions, validate_serve
 from mt.errors import MTError
-from mt.translate import Translator, load_run, setup_inference
+from mt.translate import load_run, make_translator, setup_inference
 
 log = logging.getLogger("mt.serve")
 
@@ -39,7 +39,7 @@ def run_serve(cfg: ServeConfig) -> None:
         raise MTError(f"run_dir {cfg.run_dir} is not a folder.")
     device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)
     run = load_run(Path(cfg.run_dir), cfg.checkpoint, device)
-    translator = Translator(run, cfg.decode, device, precision)
+    translator = make_translator(run, cfg.decode, device, precision, cfg.engine)
     api_key = api_key_of(cfg.serve)
     app = build_app(translator, cfg.serve, api_key)
     sock = _bind(cfg.host, cfg.port)

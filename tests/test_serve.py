@@ -462,3 +462,20 @@ def test_the_page_translates_in_a_headless_browser(server, translator, src, tmp_
     expected = translator.translate([src[3]])[0][0][0]
     output = re.search(r'<div id="output"[^>]*>(.*?)</div>', dom, re.S)
     assert output and output.group(1) == html.escape(expected, quote=False), dom
+
+
+def test_engine_ctranslate2_serves_the_same_greedy_translations(overfit_run, src):
+    pytest.importorskip("ctranslate2")
+    import torch
+
+    from mt.translate import make_translator
+
+    _, run, _ = overfit_run
+    cpu = torch.device("cpu")
+    loaded = load_run(run, None, cpu)
+    ours = Translator(loaded, DecodeConfig(beam=1), cpu, "fp32").translate(src[:8])
+    ct2 = make_translator(loaded, DecodeConfig(beam=1), cpu, "fp32", "ctranslate2")
+    with TestClient(build_app(ct2, ServeOptions(batch_window_ms=1), None)) as c:
+        got = c.post("/translate", json={"text": src[:8]})
+    assert got.status_code == 200, got.text
+    assert got.json()["translations"] == [h[0][0] for h in ours]

@@ -261,6 +261,18 @@ class DecodeConfig:
     line's prefix and continues from there."""
     ensemble_weights: list[float] | None = None
     """With checkpoint=[a.pt,b.pt,...]: one weight per checkpoint (default: equal)."""
+    no_repeat_ngram: int = 0
+    """N > 0: no output repeats an n-gram of N tokens (beam and greedy)."""
+    alignment: bool = False
+    """Append `<TAB>i-j ...` Pharaoh links (source i, output j) from cross-attention."""
+    alignment_unit: str = "piece"
+    """piece | word: what the alignment indices count."""
+    alignment_layer: int = -1
+    """Decoder layer whose cross-attention (heads averaged) aligns and is drawn; -1 the last."""
+    attention_dir: str | None = None
+    """Write a PNG of each of the first attention_lines outputs' cross-attention here."""
+    attention_lines: int = 20
+    """How many input lines get an attention picture."""
 
 
 @dataclass
@@ -515,6 +527,9 @@ def validate_decode(decode: DecodeConfig) -> None:
         raise ConfigError(f"decode.topp={decode.topp} must be in (0, 1].")
     if decode.topk < 0:
         raise ConfigError(f"decode.topk={decode.topk} must be 0 or more.")
+    if decode.no_repeat_ngram < 0:
+        raise ConfigError(f"decode.no_repeat_ngram={decode.no_repeat_ngram} must be 0 or more.")
+    _check_choice("decode.alignment_unit", decode.alignment_unit, ("piece", "word"))
 
 
 def validate_serve(cfg: ServeConfig) -> None:

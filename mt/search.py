@@ -97,14 +97,19 @@ class _Stepper:
         self._bufs: tuple[Tensor, Tensor] | None = None
 
     def __call__(
-        self, tokens: Tensor, at_max: Tensor | None, forced: Tensor | None = None
+        self,
+        tokens: Tensor,
+        at_max: Tensor | None,
+        forced: Tensor | None = None,
+        banned: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Run one decoder step on tokens [N] and return float32 log-probs [N, V].
 
         Rows flagged in ``at_max`` (bool [N]) may only emit eos. Like fairseq, eos keeps its own
         log-prob there, so a forced ending is still scored by the model. Rows whose ``forced``
         id [N] is >= 0 may only emit that token (a target prefix), also at its own log-prob.
-        The result is overwritten by the next call.
+        ``banned`` (rows [M], tokens [M]) are set to -inf first (repeated n-grams). The result
+        is overwritten by the next call.
         """
         logits = self.model.decode_step(tokens, self.state)  # [N, V]
         if self._bufs is None:
@@ -115,6 +120,8 @@ class _Stepper:
         # would allocate, and page in, a fresh fp32 copy of the logits every step.
         logits32 = self._bufs[0][:n].copy_(logits)  # [N, V], contiguous
         lprobs = torch.log_softmax(logits32, dim=-1, out=self._bufs[1][:n])
+        if banned is not None:
+            lprobs[banned] = _NEG_INF
         if at_max is not None:
             eos_lprobs = lprobs[:, self.eos_id].clone()  # [N]
             lprobs.masked_fill_(at_max.unsqueeze(1), _NEG_INF)
@@ -191,6 +198,22 @@ def _forced_at(prefix: Tensor | None, sources: Tensor, step: int) -> Tensor | No
     return prefix[sources, step]
 
 
+def repeat_bans(history: Tensor, n: int) -> tuple[Tensor, Tensor] | None:
+    """(rows, tokens) that would repeat an n-gram of each row's history [N, t], or None.
+
+    A token is banned when the row's last n - 1 tokens, followed by it, already occur.
+    """
+    if n <= 0 or history.size(1) < n:
+        return None
+    windows = history.unfold(1, n, 1)  # [N, t - n + 1, n]
+    tail = history[:, history.size(1) - n + 1 :]  # [N, n - 1]
+    match = (windows[:, :, : n - 1] == tail.unsqueeze(1)).all(dim=2)  # [N, W]
+    rows, where = match.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return None
+    return rows, windows[rows, where, n - 1]
+
+
 def check_prefix(prefix: Tensor | None, max_lens: Tensor) -> None:
     """Refuse a prefix longer than its sentence's cap on output tokens."""
     if prefix is None:
@@ -212,6 +235,7 @@ def _decode_paths(
     limits: Limits,
     pick: Callable[[Tensor], tuple[Tensor, Tensor]],
     prefix: Tensor | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Extend one path per sentence until eos; finished rows leave the state.
 
@@ -231,7 +255,8 @@ def _decode_paths(
     first_cap = int(max_lens.min())
     for step in range(n_steps):
         at_max = max_lens[rows] <= step if step >= first_cap else None
-        tokens, token_lprobs = pick(stepper(tokens, at_max, _forced_at(prefix, rows, step)))
+        bans = repeat_bans(out[rows, :step], no_repeat_ngram)
+        tokens, token_lprobs = pick(stepper(tokens, at_max, _forced_at(prefix, rows, step), bans))
         out[rows, step] = tokens
         logprobs.index_add_(0, rows, token_lprobs)
         done = tokens == eos_id  # [N]
@@ -255,6 +280,7 @@ def greedy_search(
     src_pad_mask: Tensor,
     limits: Limits,
     prefix: Tensor | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Translate by taking the most probable token at every step.
 
@@ -265,12 +291,13 @@ def greedy_search(
         limits: bos/eos ids and length caps.
         prefix: Target prefix ids [B, P], -1 after each sentence's prefix: every output starts
             with its prefix, scored as the model scores it (the output tokens include it).
+        no_repeat_ngram: N > 0 never emits an n-gram of N tokens twice in one output.
 
     Returns:
         One hypothesis per sentence, in input order. Scores use lenpen 1.0, the
         ``beam_search`` default, so ``beam_search(beam=1)`` gives the same hypotheses.
     """
-    return _decode_paths(model, src, src_pad_mask, limits, _pick_argmax, prefix)
+    return _decode_paths(model, src, src_pad_mask, limits, _pick_argmax, prefix, no_repeat_ngram)
 
 
 @torch.no_grad()
@@ -444,6 +471,7 @@ def beam_search(
     nbest: int = 1,
     lenpen: float = 1.0,
     prefix: Tensor | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """Translate a batch with beam search; the decoder runs on B' * K rows per step.
 
@@ -459,6 +487,7 @@ def beam_search(
             longer outputs.
         prefix: As in ``greedy_search``; while a sentence is inside its prefix, its one live
             hypothesis takes the forced token, and the beam opens after it.
+        no_repeat_ngram: As in ``greedy_search``.
 
     Returns:
         Per sentence (input order), up to ``nbest`` hypotheses sorted by score, best first.
@@ -479,7 +508,8 @@ def beam_search(
     for step in range(n_steps):
         at_max = (beams.max_lens <= step).repeat_interleave(beam) if step >= first_cap else None
         forced = _forced_at(prefix, beams.sent.repeat_interleave(beam), step)
-        lprobs = stepper(tokens.reshape(-1), at_max, forced)
+        bans = repeat_bans(beams.seqs.flatten(0, 1), no_repeat_ngram)
+        lprobs = stepper(tokens.reshape(-1), at_max, forced, bans)
         cands = _top_candidates(beams, lprobs, limits.eos_id)
         _finalize(beams, cands, lenpen, finished)
         beams, live, slots = _advance(beams, cands, step, lenpen)

@@ -158,10 +158,12 @@ class Translator:
             )  # fmt: skip
             return [[h] for h in found]
         if d.beam == 1:
-            return [[h] for h in greedy_search(model, src, mask, limits, prefix)]
+            found = greedy_search(model, src, mask, limits, prefix, d.no_repeat_ngram)
+            return [[h] for h in found]
         return beam_search(
-            model, src, mask, limits, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen, prefix=prefix
-        )
+            model, src, mask, limits, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen, prefix=prefix,
+            no_repeat_ngram=d.no_repeat_ngram,
+        )  # fmt: skip
 
     def translate(
         self,
@@ -190,9 +192,34 @@ class Translator:
             with autocast(self.precision, self.device):  # search runs under no_grad itself
                 found = self._search(src.to(self.device), _to(prefix, self.device))
             for i, hyps in zip(rows, found, strict=True):
-                texts = self.run.tgt_tok.decode([h.tokens for h in hyps])
-                results[i] = [(one_line(t), h.score) for t, h in zip(texts, hyps, strict=True)]
+                texts = [one_line(t) for t in self.run.tgt_tok.decode([h.tokens for h in hyps])]
+                texts = self._annotate(ids[i], hyps, texts, where, first_line + i)
+                results[i] = [(t, h.score) for t, h in zip(texts, hyps, strict=True)]
         return results
+
+    def _annotate(
+        self, src: list[int], hyps: list[Hypothesis], texts: list[str], where: str, line: int
+    ) -> list[str]:
+        """Alignments appended to the texts, and the attention picture of the best, if asked."""
+        from mt.alignment import cross_attention, pharaoh, save_picture
+
+        d = self.decode
+        picture = d.attention_dir is not None and line <= d.attention_lines
+        model = getattr(self.run.model, "members", [self.run.model])[0]  # an ensemble's first
+        if not (d.alignment or picture):
+            return texts
+        src_pieces = [self.run.src_tok.sp.id_to_piece(t) for t in src]
+        out = []
+        for rank, (hyp, text) in enumerate(zip(hyps, texts, strict=True)):
+            pieces = [self.run.tgt_tok.sp.id_to_piece(t) for t in hyp.tokens]
+            weights = cross_attention(model, src, hyp.tokens, d.alignment_layer)
+            if picture and rank == 0:
+                path = Path(d.attention_dir) / f"{Path(where).name.strip('<>')}.{line:05d}.png"
+                save_picture(weights, src_pieces, pieces, path, f"{where}:{line}: {text[:80]}")
+            if d.alignment:
+                text = f"{text}\t{pharaoh(weights.mean(0), src_pieces, pieces, d.alignment_unit)}"
+            out.append(text)
+        return out
 
 
 def output_caps(decode: DecodeConfig, max_len: int, src_lengths: list[int]) -> list[int]:

@@ -1,0 +1,83 @@
+"""Alignments and attention pictures from cross-attention; no repeated n-grams."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mt.alignment import cross_attention, pharaoh
+from mt.config import DecodeConfig
+from mt.search import repeat_bans
+from mt.translate import Translator, load_run
+from tests.test_cli import mt
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def loaded(overfit_run):
+    _, run, _ = overfit_run
+    return load_run(run, None, CPU)
+
+
+def _lines(path):
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def test_cross_attention_rows_are_distributions_over_the_source(loaded):
+    src, out = loaded.src_tok.encode(["red big house"])[0], loaded.tgt_tok.encode(["rot"])[0]
+    weights = cross_attention(loaded.model, src, out)
+    heads = loaded.model.decoder.layers[-1].cross_attn.n_heads
+    assert weights.shape == (heads, len(out) + 1, len(src) + 1)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(heads, len(out) + 1))
+    first = cross_attention(loaded.model, src, out, layer=0)
+    assert not torch.allclose(first, weights)  # the layer is the one asked for
+
+
+def test_pharaoh_links_pieces_and_words():
+    weights = torch.tensor([[0.1, 0.8, 0.1, 0.0], [0.7, 0.2, 0.1, 0.0], [0.0, 0.1, 0.9, 0.0]])
+    src, out = ["\u2581a", "b", "\u2581c"], ["\u2581x", "\u2581y", "z"]
+    assert pharaoh(weights, src, out) == "1-0 0-1 2-2"
+    assert pharaoh(weights, src, out, unit="word") == "0-0 0-1 1-1"  # b is in word 0, z in 1
+    assert pharaoh(weights, src, []) == ""
+
+
+def test_alignment_column_and_pictures_through_the_cli(overfit_run, tmp_path):
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    corpus, run, _ = overfit_run
+    src = _lines(corpus / "train.en")[:5]
+    (tmp_path / "in.en").write_text("\n".join(["", *src]) + "\n", encoding="utf-8")
+    pictures = tmp_path / "att"
+    done = mt("translate", f"run_dir={run}", f"input={tmp_path / 'in.en'}",
+              f"output={tmp_path / 'out'}", "decode.alignment=true", "decode.beam=2",
+              f"decode.attention_dir={pictures}", "decode.attention_lines=3")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = _lines(tmp_path / "out")
+    assert len(lines) == 6 and lines[0] == ""
+    for line, source in zip(lines[1:], src, strict=True):
+        text, links = line.split("\t")
+        n_src = len(source.split())
+        pairs = [tuple(map(int, link.split("-"))) for link in links.split()]
+        assert pairs and all(0 <= i < 2 * n_src + 2 for i, _ in pairs)  # pieces, not words
+    written = sorted(p.name for p in pictures.iterdir())
+    assert written == ["in.en.00002.png", "in.en.00003.png"]  # line 1 is empty
+    image = matplotlib_image.imread(pictures / written[0])
+    assert image.ndim == 3 and image.shape[0] >= 300 and image.shape[1] >= 400
+
+
+def test_repeat_bans_forbid_completing_a_seen_ngram():
+    history = torch.tensor([[5, 6, 7, 5, 6], [1, 2, 3, 4, 5]])
+    rows, tokens = repeat_bans(history, 3)
+    assert rows.tolist() == [0] and tokens.tolist() == [7]  # "5 6" was followed by 7
+    assert repeat_bans(history, 6) is None
+
+
+def test_no_repeat_ngram_outputs_have_no_repeated_bigram(loaded, overfit_run):
+    corpus, _, _ = overfit_run
+    src = [" ".join(line.split() * 3) for line in _lines(corpus / "train.en")[:12]]
+    for beam in (1, 3):
+        translator = Translator(loaded, DecodeConfig(beam=beam, no_repeat_ngram=2), CPU, "fp32")
+        for hyps in translator.translate(src):
+            ids = loaded.tgt_tok.encode([hyps[0][0]])[0]
+            bigrams = list(zip(ids, ids[1:], strict=False))
+            assert len(bigrams) == len(set(bigrams))

@@ -47,10 +47,12 @@ def _token_embedding(vocab_size: int, d_model: int, pad_id: int) -> nn.Embedding
 
 
 def _embeddings(tokens: nn.Embedding, hp: ModelConfig) -> Embeddings:
-    """Token embedding plus this stack's own position table, then dropout."""
+    """Token embedding plus this stack's own position table (none for rope and relative, whose
+    positions enter self-attention), then dropout."""
+    positions: nn.Module | None = None
     if hp.positions == "learned":
-        positions: nn.Module = LearnedPositions(hp.max_positions, hp.d_model)
-    else:
+        positions = LearnedPositions(hp.max_positions, hp.d_model)
+    elif hp.positions == "sinusoidal":
         positions = SinusoidalPositions(hp.max_positions, hp.d_model)
     return Embeddings(tokens, positions, hp.dropout)
 
@@ -63,6 +65,8 @@ def _layer_kwargs(hp: ModelConfig) -> dict[str, Any]:
         act_dropout=hp.act_dropout,
         activation=hp.activation,
         norm_first=hp.norm == "pre",
+        rope=hp.positions == "rope",
+        max_relative_positions=hp.max_relative_positions if hp.positions == "relative" else 0,
     )
 
 
@@ -77,7 +81,7 @@ def _encoder(tokens: nn.Embedding, hp: ModelConfig) -> Encoder:
     embed = _embeddings(tokens, hp)
     kw = _layer_kwargs(hp)
     layers = [EncoderLayer(hp.d_model, hp.n_heads, hp.d_ff, **kw) for _ in range(hp.n_layers_enc)]
-    return Encoder(embed, layers, _final_norm(hp))
+    return Encoder(embed, layers, _final_norm(hp), hp.attn_window)
 
 
 def _decoder(tokens: nn.Embedding, hp: ModelConfig) -> Decoder:
@@ -85,7 +89,7 @@ def _decoder(tokens: nn.Embedding, hp: ModelConfig) -> Decoder:
     embed = _embeddings(tokens, hp)
     kw = _layer_kwargs(hp)
     layers = [DecoderLayer(hp.d_model, hp.n_heads, hp.d_ff, **kw) for _ in range(hp.n_layers_dec)]
-    return Decoder(embed, layers, _final_norm(hp))
+    return Decoder(embed, layers, _final_norm(hp), hp.attn_window)
 
 
 def transformer(
@@ -105,6 +109,8 @@ def transformer(
     positions: str = "sinusoidal",
     max_positions: int = 1024,
     share_embeddings: bool = True,
+    max_relative_positions: int = 0,
+    attn_window: int = 0,
     pad_id: int = 0,
 ) -> Seq2Seq:
     """Build an encoder-decoder Transformer.
@@ -122,11 +128,12 @@ def transformer(
         act_dropout: Dropout after the feed-forward activation.
         activation: "relu" or "gelu".
         norm: "pre" (LayerNorm before each sublayer plus a final one per stack) or "post".
-        positions: "sinusoidal" (fixed) or "learned".
-        max_positions: Longest source/target sequence the positions cover.
-        share_embeddings: One matrix for source, target and output projection (needs equal
-            vocabularies). Otherwise source and target embeddings are separate; the output
-            projection is always tied to the target embedding.
+        positions: "sinusoidal" | "learned" (embeddings) | "rope" | "relative" (self-attention).
+        max_positions: Longest source/target sequence the sinusoidal/learned positions cover.
+        share_embeddings: One matrix for source, target and output projection (equal
+            vocabularies); else separate source and target ones, the output tied to the target.
+        max_relative_positions: k > 0 clips relative distances (positions="relative" only).
+        attn_window: W > 0: self-attention sees W positions either side (decoder: back); 0: all.
         pad_id: Padding id; its embedding row starts at zero and gets no gradient from lookups.
 
     Returns:

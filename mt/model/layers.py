@@ -98,11 +98,12 @@ class Embeddings(nn.Module):
 
     Args:
         tokens: Token embedding [V, D] (possibly shared with another stack / the output layer).
-        positions: `SinusoidalPositions` or `LearnedPositions`.
+        positions: `SinusoidalPositions` or `LearnedPositions`; None when positions enter
+            self-attention instead (rope, relative).
         dropout: Dropout on the sum.
     """
 
-    def __init__(self, tokens: nn.Embedding, positions: nn.Module, dropout: float) -> None:
+    def __init__(self, tokens: nn.Embedding, positions: nn.Module | None, dropout: float) -> None:
         super().__init__()
         self.tokens = tokens
         self.positions = positions
@@ -111,6 +112,8 @@ class Embeddings(nn.Module):
 
     def forward(self, ids: Tensor, positions: Tensor) -> Tensor:
         """Packed ids [N] at positions [N] (within their sentences) -> [N, D]."""
+        if self.positions is None:
+            return self.dropout(self.tokens(ids) * self.scale)
         x = torch.add(self.positions(positions), self.tokens(ids), alpha=self.scale)
         return self.dropout(x)
 
@@ -148,21 +151,29 @@ class EncoderLayer(nn.Module):
         act_dropout: float,
         activation: str,
         norm_first: bool,
+        rope: bool = False,
+        max_relative_positions: int = 0,
     ) -> None:
         super().__init__()
-        self.self_attn = SelfAttention(d_model, n_heads, attn_dropout)
+        self.self_attn = SelfAttention(
+            d_model, n_heads, attn_dropout, rope=rope, max_relative_positions=max_relative_positions
+        )
         self.ffn = FeedForward(d_model, d_ff, activation, act_dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
-    def forward(self, x: Tensor, packing: Packing, mask: Tensor | None) -> Tensor:
-        """Packed x [N, D] on a [B, S] grid, mask [B, 1, 1, S] (True = real token) -> [N, D]."""
+    def forward(self, x: Tensor, packing: Packing, mask: Tensor | None, window: int = 0) -> Tensor:
+        """Packed x [N, D] on a [B, S] grid -> [N, D].
+
+        mask is True where attention may look: key padding [B, 1, 1, S] (True = real token) or
+        a band mask [B, 1, S, S]; window > 0 attends by blocks (`SelfAttention`).
+        """
         if self.norm_first:
-            x = x + self.dropout(self.self_attn(self.norm1(x), packing, mask))
+            x = x + self.dropout(self.self_attn(self.norm1(x), packing, mask, window=window))
             return x + self.dropout(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.dropout(self.self_attn(x, packing, mask)))
+        x = self.norm1(x + self.dropout(self.self_attn(x, packing, mask, window=window)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 
@@ -180,9 +191,13 @@ class DecoderLayer(nn.Module):
         act_dropout: float,
         activation: str,
         norm_first: bool,
+        rope: bool = False,
+        max_relative_positions: int = 0,
     ) -> None:
         super().__init__()
-        self.self_attn = SelfAttention(d_model, n_heads, attn_dropout)
+        self.self_attn = SelfAttention(
+            d_model, n_heads, attn_dropout, rope=rope, max_relative_positions=max_relative_positions
+        )
         self.cross_attn = CrossAttention(d_model, n_heads, attn_dropout)
         self.ffn = FeedForward(d_model, d_ff, activation, act_dropout)
         self.norm1 = nn.LayerNorm(d_model)
@@ -199,6 +214,7 @@ class DecoderLayer(nn.Module):
         memory_mask: Tensor | None,
         cache: KVCache | None = None,
         cross_packing: Packing | None = None,
+        self_mask: Tensor | None = None,
     ) -> Tensor:
         """Run one decoder layer.
 
@@ -211,18 +227,21 @@ class DecoderLayer(nn.Module):
                 over the T given positions (teacher forcing).
             cross_packing: Layout of x for cross-attention when it differs from `packing`
                 (incremental beam decoding: the [B*K, 1] rows regrouped as [B, K]).
+            self_mask: Bool self-attention mask, True = attend (a causal band [T, T] in teacher
+                forcing, or [1, 1, 1, S] over the cached steps); None: causal, or all cached.
 
         Returns:
             Packed output [N, D].
         """
-        causal = cache is None
-        step = not causal  # incremental decoding
+        step = cache is not None  # incremental decoding
+        causal = not step and self_mask is None
         k, v = memory_kv
         cp = cross_packing or packing
+        sm = self_mask
         if self.norm_first:
-            x = x + self.dropout(self.self_attn(self.norm1(x), packing, None, causal, cache))
+            x = x + self.dropout(self.self_attn(self.norm1(x), packing, sm, causal, cache))
             x = x + self.dropout(self.cross_attn(self.norm2(x), cp, k, v, memory_mask, step))
             return x + self.dropout(self.ffn(self.norm3(x)))
-        x = self.norm1(x + self.dropout(self.self_attn(x, packing, None, causal, cache)))
+        x = self.norm1(x + self.dropout(self.self_attn(x, packing, sm, causal, cache)))
         x = self.norm2(x + self.dropout(self.cross_attn(x, cp, k, v, memory_mask, step)))
         return self.norm3(x + self.dropout(self.ffn(x)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -15,6 +16,7 @@ from mt.model.cache import DecoderState, KVCache
 from mt.model.layers import DecoderLayer, Embeddings, EncoderLayer
 from mt.model.packing import Packing
 from mt.model.precision import step_cache_dtype
+from mt.model.window import band_mask, encoder_window
 
 
 def attend_mask(src_pad_mask: Tensor) -> Tensor:
@@ -31,34 +33,74 @@ def _training_mask(src_pad_mask: Tensor, packing: Packing) -> Tensor | None:
 
 
 class Encoder(nn.Module):
-    """Embeddings, a stack of encoder layers and (pre-norm only) a final LayerNorm."""
+    """Embeddings, a stack of encoder layers and (pre-norm only) a final LayerNorm.
+
+    Args:
+        embed: Source embeddings.
+        layers: Encoder layers.
+        final_norm: LayerNorm (pre-norm) or Identity.
+        attn_window: W > 0 limits self-attention to W positions either side; 0 = full.
+    """
 
     def __init__(
-        self, embed: Embeddings, layers: list[EncoderLayer], final_norm: nn.Module
+        self,
+        embed: Embeddings,
+        layers: list[EncoderLayer],
+        final_norm: nn.Module,
+        attn_window: int = 0,
     ) -> None:
         super().__init__()
         self.embed = embed
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
+        self.attn_window = attn_window
 
     def forward(self, src: Tensor, packing: Packing, mask: Tensor | None) -> Tensor:
         """src [B, S] laid out by packing, mask [B, 1, 1, S] -> packed memory [N_s, D]."""
         x = self.embed(packing.pack(src), packing.positions())
+        if self.attn_window:  # the band mask (or blocked attention) once for every layer
+            mask, window = encoder_window(mask, packing.length, self.attn_window, src.device)
+            for layer in self.layers:
+                x = layer(x, packing, mask, window)
+            return self.final_norm(x)
         for layer in self.layers:
             x = layer(x, packing, mask)
         return self.final_norm(x)
 
 
 class Decoder(nn.Module):
-    """Embeddings, a stack of decoder layers and (pre-norm only) a final LayerNorm."""
+    """Embeddings, a stack of decoder layers and (pre-norm only) a final LayerNorm.
+
+    Args:
+        embed: Target embeddings.
+        layers: Decoder layers.
+        final_norm: LayerNorm (pre-norm) or Identity.
+        attn_window: W > 0 limits self-attention to the W previous positions; 0 = full.
+    """
 
     def __init__(
-        self, embed: Embeddings, layers: list[DecoderLayer], final_norm: nn.Module
+        self,
+        embed: Embeddings,
+        layers: list[DecoderLayer],
+        final_norm: nn.Module,
+        attn_window: int = 0,
     ) -> None:
         super().__init__()
         self.embed = embed
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
+        self.attn_window = attn_window
+
+    def _self_mask(self, n_queries: int, start: int, device: torch.device) -> Tensor | None:
+        """Causal band over the self-attention keys [0, start + T), or None where it hides none.
+
+        [T, T] in teacher forcing (start 0); [1, 1, 1, start + 1] for a decoder step.
+        """
+        n_keys = start + n_queries
+        if not self.attn_window or n_keys <= self.attn_window + 1:  # no key is out of reach
+            return None
+        band = band_mask(n_queries, n_keys, self.attn_window, True, device, q_start=start)
+        return band if start == 0 else band[None, None]
 
     def forward(
         self,
@@ -81,9 +123,10 @@ class Decoder(nn.Module):
             Packed hidden states [N_t, D].
         """
         x = self.embed(packing.pack(tgt_in), packing.positions())
+        self_mask = self._self_mask(packing.length, 0, tgt_in.device)
         for layer in cast(list[DecoderLayer], self.layers):
             memory_kv = layer.cross_attn.project_kv(memory, src_packing)
-            x = layer(x, packing, memory_kv, mask)
+            x = layer(x, packing, memory_kv, mask, self_mask=self_mask)
         return self.final_norm(x)
 
     def step(self, tokens: Tensor, state: DecoderState) -> Tensor:
@@ -94,10 +137,12 @@ class Decoder(nn.Module):
         k_rows = state.rows_per_source
         cross_packing = Packing.dense(tokens.shape[0] // k_rows, k_rows, tokens.device)
         x = self.embed(tokens, tokens.new_full(tokens.shape, state.step))
+        self_mask = self._self_mask(1, state.step, tokens.device)
         layers = zip(self.layers, state.self_caches, state.cross_caches, strict=True)
         for layer, self_cache, cross in layers:
             memory_kv = (cross.keys, cross.values)
-            x = layer(x, packing, memory_kv, state.memory_mask, self_cache, cross_packing)
+            mask = state.memory_mask
+            x = layer(x, packing, memory_kv, mask, self_cache, cross_packing, self_mask)
         return self.final_norm(x)
 
 

@@ -53,6 +53,15 @@ def test_presets_have_their_sizes(
     assert layer.ffn.fc1.out_features == d_ff
 
 
+def test_small_deep_shallow_preset_has_six_encoder_layers_and_one_decoder_layer() -> None:
+    model, small = _preset("small_deep_shallow", 100), _preset("small", 100)
+    assert (len(model.encoder.layers), len(model.decoder.layers)) == (6, 1)
+    layer, small_layer = model.encoder.layers[0], small.encoder.layers[0]
+    assert model.decoder.embed.tokens.embedding_dim == 256
+    assert layer.self_attn.n_heads == small_layer.self_attn.n_heads == 4
+    assert layer.ffn.fc1.out_features == small_layer.ffn.fc1.out_features == 1024
+
+
 def test_transformer_base_parameter_count() -> None:
     # Vaswani et al. base: 44.1M without embeddings (3.15M per encoder, 4.2M per decoder layer)
     model = _preset("base", 1000)

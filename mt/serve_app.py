@@ -7,6 +7,8 @@ its `serve.*` key. `build_app` takes objects (a Translator, the options, the key
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import hmac
 import importlib.resources
 import time
@@ -21,11 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mt.config import ServeOptions
+from mt.serve_attention import attention_matrix
 from mt.serve_batch import Batcher, Metrics, QueueFull, Results, Settings
 from mt.translate import Translator
 
 PAGE = "serve_page.html"
-ROUTES = ("/", "/translate", "/health", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/", "/translate", "/attention", "/health", "/metrics", "/docs", "/openapi.json")
 
 
 class ApiError(Exception):
@@ -62,6 +65,29 @@ class TranslateResponse(BaseModel):
     translations: list[str] | list[list[Scored]]
     scores: list[float | None] | None = Field(
         None, description="With nbest=1: each translation's score (null for an empty sentence)."
+    )
+
+
+class AttentionRequest(BaseModel):
+    """One sentence whose translation and cross-attention to draw."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "A man rides a bike."}]}
+    )
+    text: str = Field(description="One sentence.")
+    beam: int | None = Field(None, ge=1, description="Beam size, at most serve.max_beam.")
+    lenpen: float | None = Field(None, ge=0, le=10, description="Length penalty exponent.")
+
+
+class AttentionResponse(BaseModel):
+    """The best translation's pieces and its cross-attention (decode.alignment_layer, the
+    last by default; heads averaged). The output ids are the translation re-encoded."""
+
+    source: list[str] = Field(description="Source pieces, then </s>.")
+    output: list[str] = Field(description="Output pieces, then </s>.")
+    translation: str
+    weights: list[list[float]] = Field(
+        description="A row per output piece, a column per source piece; each row sums to 1."
     )
 
 
@@ -115,17 +141,7 @@ def _add_routes(
     async def translate(req: TranslateRequest) -> TranslateResponse:
         """Translate one sentence or a list; concurrent requests share decoder batches."""
         lines, settings = check_request(req, options, translator)
-        try:
-            results = await batcher.submit(lines, settings, options.timeout_s)
-        except QueueFull:
-            raise ApiError(
-                503, f"the server is busy: serve.max_queue={options.max_queue} requests are "
-                "waiting; try again shortly.",
-            ) from None  # fmt: skip
-        except asyncio.TimeoutError:
-            raise ApiError(
-                504, f"no translation within serve.timeout_s={options.timeout_s:g} seconds."
-            ) from None
+        results = await _submit(batcher, lines, settings, options)
         return _response(results, settings.nbest)
 
     @app.get("/health")
@@ -148,6 +164,51 @@ def _add_routes(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
+
+    _add_attention_route(app, translator, options, batcher, authorized)
+
+
+def _add_attention_route(
+    app: FastAPI, translator: Translator, options: ServeOptions, batcher: Batcher,
+    authorized: Callable[[Request], None],
+) -> None:  # fmt: skip
+    @app.post("/attention", dependencies=[Depends(authorized)])
+    async def attention(req: AttentionRequest) -> AttentionResponse:
+        """Translate one sentence (batched with /translate requests) and return the
+        cross-attention of its translation: output pieces by source pieces."""
+        started = time.monotonic()
+        ask = TranslateRequest(text=req.text, beam=req.beam, lenpen=req.lenpen)
+        lines, settings = check_request(ask, options, translator)
+        settings = dataclasses.replace(settings, nbest=1)
+        (hyps,) = await _submit(batcher, lines, settings, options)
+        translation = hyps[0][0] if hyps else ""
+        if translator.decode.alignment:  # the links appended to the text are not the text
+            translation = translation.partition("\t")[0]
+        matrix = functools.partial(attention_matrix, translator, req.text, translation)
+        left = max(0.0, options.timeout_s - (time.monotonic() - started))
+        try:
+            return AttentionResponse(**await batcher.run_in_decoder(matrix, left))
+        except asyncio.TimeoutError:
+            raise ApiError(504, _late(options)) from None
+
+
+async def _submit(
+    batcher: Batcher, lines: list[str], settings: Settings, options: ServeOptions
+) -> Results:
+    """The batcher's results, or ApiError 503 (queue full) or 504 (serve.timeout_s passed)."""
+    try:
+        return await batcher.submit(lines, settings, options.timeout_s)
+    except QueueFull:
+        raise ApiError(
+            503, f"the server is busy: serve.max_queue={options.max_queue} requests are "
+            "waiting; try again shortly.",
+        ) from None  # fmt: skip
+    except asyncio.TimeoutError:
+        raise ApiError(504, _late(options)) from None
+
+
+def _late(options: ServeOptions) -> str:
+    return f"no translation within serve.timeout_s={options.timeout_s:g} seconds."
 
 
 def check_request(
@@ -219,7 +280,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         json_sent = "json" in request.headers.get("content-type", "")
-        status, message = validation_sentence(exc.errors(), json_sent)
+        model = AttentionRequest if request.url.path == "/attention" else TranslateRequest
+        status, message = validation_sentence(exc.errors(), json_sent, model)
         return JSONResponse({"error": message}, status_code=status)
 
     async def crashed(_: Request, exc: Exception) -> JSONResponse:
@@ -231,11 +293,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, crashed)
 
 
-def validation_sentence(errors: Any, json_sent: bool = True) -> tuple[int, str]:
+def validation_sentence(
+    errors: Any, json_sent: bool = True, model: type[BaseModel] = TranslateRequest
+) -> tuple[int, str]:
     """(status, one sentence) for pydantic's errors of a request body: the first one counts.
 
     A body sent without `Content-Type: application/json` is not parsed (so an HTML form on
-    another site cannot post to the API); `json_sent` tells that case apart.
+    another site cannot post to the API); `json_sent` tells that case apart. `model` is the
+    route's request model (TranslateRequest or AttentionRequest).
     """
     first = errors[0]
     where = [str(p) for p in first["loc"] if p != "body"]
@@ -249,8 +314,10 @@ def validation_sentence(errors: Any, json_sent: bool = True) -> tuple[int, str]:
     if first["type"] == "missing":
         return 422, f"the request has no '{field}' field."
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(TranslateRequest.model_fields)
+        allowed = ", ".join(model.model_fields)
         return 422, f"unknown field '{field}'; the fields are {allowed}."
+    if field == "text" and model is AttentionRequest:
+        return 422, "text must be a string: /attention takes one sentence."
     if field == "text":  # str | list[str]: pydantic reports both branches; an index is clearer
         items = [e["loc"] for e in errors if len(e["loc"]) == 4 and e["loc"][1] == "text"]
         if items:  # ("body", "text", "list[str]", index)

@@ -15,14 +15,17 @@ import functools
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mt.translate import Translator
 
 log = logging.getLogger("mt.serve")
 
 Results = list[list[tuple[str, float]]]  # per sentence, its n-best (text, score) list
+T = TypeVar("T")
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LATENCY_QUANTILES = (0.5, 0.9, 0.99)
@@ -159,6 +162,15 @@ class Batcher:
             raise QueueFull from None
         self.metrics.queue_depth = self.queue.qsize()
         return await asyncio.wait_for(job.future, timeout_s)  # cancels the job on timeout
+
+    async def run_in_decoder(self, fn: Callable[[], T], timeout_s: float) -> T:
+        """fn() in the decoding thread, between two batches (it may use the model too).
+
+        Raises:
+            asyncio.TimeoutError: If fn has not returned within timeout_s (it still runs on).
+        """
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self._executor, fn), timeout_s)
 
     async def _loop(self) -> None:
         while True:

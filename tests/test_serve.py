@@ -170,6 +170,82 @@ def test_openapi_docs_and_page(client):
     assert "<textarea" in page.text and 'id="output"' in page.text and "translate" in page.text
 
 
+# ------------------------------------------------------------------ attention
+
+
+def test_attention_rows_are_distributions_over_the_source_pieces(client, translator, src):
+    from mt.alignment import cross_attention
+
+    answer = client.post("/attention", json={"text": src[2]})
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    run = translator.run
+    assert got["translation"] == translator.translate([src[2]])[0][0][0]
+    (src_ids,) = run.src_tok.encode([src[2]])
+    (out_ids,) = run.tgt_tok.encode([got["translation"]])
+    assert got["source"] == [*map(run.src_tok.sp.id_to_piece, src_ids), "</s>"]
+    assert got["output"] == [*map(run.tgt_tok.sp.id_to_piece, out_ids), "</s>"]
+    weights = got["weights"]
+    assert len(weights) == len(got["output"]) and len(got["output"]) > 2
+    assert all(len(row) == len(got["source"]) for row in weights)
+    assert [sum(row) for row in weights] == pytest.approx([1.0] * len(weights), abs=1e-4)
+    expected = cross_attention(run.model, src_ids, out_ids).mean(0).tolist()
+    assert [w for row in weights for w in row] == pytest.approx(
+        [w for row in expected for w in row], abs=1e-5
+    )
+    assert "/attention" in client.get("/openapi.json").json()["paths"]
+
+
+def test_attention_of_an_ensemble_is_its_first_members(overfit_run, translator, src):
+    import torch
+
+    cpu = torch.device("cpu")
+    checkpoint = str(translator.run.checkpoint)
+    pair = load_run(overfit_run[1], [checkpoint, checkpoint], cpu)
+    ensemble = Translator(pair, DecodeConfig(), cpu, "fp32")
+    with TestClient(build_app(ensemble, ServeOptions(batch_window_ms=0), None)) as c:
+        got = c.post("/attention", json={"text": src[4]})
+    with TestClient(build_app(translator, ServeOptions(batch_window_ms=0), None)) as c:
+        alone = c.post("/attention", json={"text": src[4]})
+    assert got.status_code == 200, got.text
+    assert got.json()["output"] == alone.json()["output"]
+    assert got.json()["weights"] == pytest.approx(alone.json()["weights"], abs=1e-5)
+
+
+def test_attention_needs_the_key_when_one_is_set(translator, src):
+    with TestClient(build_app(translator, ServeOptions(), api_key="s3cret")) as c:
+        refused = c.post("/attention", json={"text": src[0]})
+        assert refused.status_code == 401 and "no API key" in refused.json()["error"]
+        ok = c.post("/attention", json={"text": src[0]}, headers={"X-API-Key": "s3cret"})
+        assert ok.status_code == 200 and ok.json()["weights"]
+
+
+@pytest.mark.parametrize(
+    ("options", "body", "status", "fragment"),
+    [
+        ({"max_chars": 10}, {"text": "x" * 11}, 413,
+         "sentence 1 has 11 characters; serve.max_chars is 10"),
+        ({"max_beam": 6}, {"text": "a", "beam": 7}, 422, "beam=7 exceeds serve.max_beam=6"),
+        ({"max_body_bytes": 100}, {"text": "y" * 200}, 413, "serve.max_body_bytes=100"),
+        ({}, {"text": ["a", "b"]}, 422, "text must be a string: /attention takes one sentence"),
+        ({}, {"text": "a", "nbest": 2}, 422,
+         "unknown field 'nbest'; the fields are text, beam, lenpen"),
+        ({}, {}, 422, "no 'text' field"),
+    ],
+)  # fmt: skip
+def test_attention_over_a_limit_gets_4xx_naming_it(translator, options, body, status, fragment):
+    with TestClient(build_app(translator, ServeOptions(**options), None)) as c:
+        refused = c.post("/attention", json=body)
+        assert refused.status_code == status, refused.text
+        assert fragment in refused.json()["error"]
+        assert c.post("/attention", json={"text": "the dog"}).status_code == 200  # still serving
+
+
+def test_attention_of_an_empty_sentence_is_eos_to_eos(client):
+    got = client.post("/attention", json={"text": ""}).json()
+    assert got == {"source": ["</s>"], "output": ["</s>"], "translation": "", "weights": [[1.0]]}
+
+
 # ------------------------------------------------------------------ limits and bad requests
 
 
@@ -464,6 +540,24 @@ def test_the_page_translates_in_a_headless_browser(server, translator, src, tmp_
     assert output and output.group(1) == html.escape(expected, quote=False), dom
 
 
+def test_the_page_draws_the_attention_in_a_headless_browser(server, src, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    url = f"{server}?text={urllib.parse.quote(src[5])}&attention=1"
+    cmd = [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run"]
+    cmd += [f"--user-data-dir={tmp_path}", "--virtual-time-budget=8000", "--dump-dom", url]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    expected = httpx.post(server + "attention", json={"text": src[5]}, timeout=30).json()
+    drawn = re.search(r'<div id="attention">(.*?)</div>', dom, re.S)
+    assert drawn and "<table>" in drawn.group(1), dom
+    rows = re.findall(r'<th scope="row">(.*?)</th>', drawn.group(1))
+    columns = re.findall(r'<th scope="col">(.*?)</th>', drawn.group(1))
+    assert [html.unescape(r) for r in rows] == expected["output"]
+    assert [html.unescape(c) for c in columns] == expected["source"]
+    assert len(re.findall(r"<td ", drawn.group(1))) == len(rows) * len(columns)
+
+
 def test_engine_ctranslate2_serves_the_same_greedy_translations(overfit_run, src):
     pytest.importorskip("ctranslate2")
     import torch
@@ -477,5 +571,9 @@ def test_engine_ctranslate2_serves_the_same_greedy_translations(overfit_run, src
     ct2 = make_translator(loaded, DecodeConfig(beam=1), cpu, "fp32", "ctranslate2")
     with TestClient(build_app(ct2, ServeOptions(batch_window_ms=1), None)) as c:
         got = c.post("/translate", json={"text": src[:8]})
+        attention = c.post("/attention", json={"text": src[0]})
     assert got.status_code == 200, got.text
     assert got.json()["translations"] == [h[0][0] for h in ours]
+    assert attention.status_code == 200, attention.text
+    assert attention.json()["translation"] == ours[0][0][0]
+    assert len(attention.json()["weights"]) == len(attention.json()["output"])

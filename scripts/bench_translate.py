@@ -3,6 +3,7 @@
     python scripts/bench_translate.py [--preset small] [--batches 2] [--length 24]
                                       [--precision auto] [--run-dir runs/multi30k_en_de]
                                       [--test-precisions fp32,int8,bf16] [--engines]
+                                      [--profile]
 
 All models get random weights, the same batches of 64 source sentences of equal length, and
 the same forced output length: end-of-sentence is suppressed (CTranslate2:
@@ -14,7 +15,8 @@ Face in one precision, auto: bf16 where this CPU multiplies bf16 natively, as `m
 picks, else fp32); mt int8 is compared with CTranslate2 int8. With --run-dir, also times
 Multi30k test2016 (batches of 64) with that run in each of --test-precisions and reports BLEU;
 with --engines too, the same through engine=ctranslate2 (float32 and int8), with the share of
-beam-5 lines identical to mt fp32. The last line is JSON.
+beam-5 lines identical to mt fp32. --profile adds torch.profiler's view of mt's search: aten
+ops per decoder step and the ops that take the time. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -177,6 +179,38 @@ def synthetic_speed(args, precision: str) -> dict:
     return out
 
 
+def profile_steps(args, precision: str) -> dict:
+    """Where mt's decoding time goes: torch.profiler over one batch, beam 5 and greedy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    cfg = model_preset(args.preset)
+    ours = NoEos(transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval())
+    batch = [torch.randint(4, VOCAB - 1, (64, args.length))]
+    out = {}
+    for beam in (5, 1):
+        name = "beam5" if beam == 5 else "greedy"
+        time_ours(ours, batch, beam, 4, precision)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            total = time_ours(ours, batch, beam, args.length, precision)
+        events = prof.key_averages()
+        n_ops = sum(e.count for e in events if e.key.startswith("aten::"))
+        steps = args.length + 1
+        print(f"profile {name}: {total:.2f} s, {n_ops / steps:.0f} aten ops per step "
+              f"({n_ops} in {steps} steps); top ops by self CPU time:")  # fmt: skip
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+        self_total = sum(e.self_cpu_time_total for e in events)
+        for e in top:
+            share = 100 * e.self_cpu_time_total / self_total
+            print(f"  {e.key:<40} {share:5.1f}%  {e.count:6d} calls  "
+                  f"{e.self_cpu_time_total / max(e.count, 1):8.1f} us/call")  # fmt: skip
+        out[f"profile_{name}"] = {
+            "ops_per_step": round(n_ops / steps),
+            "top": {e.key: round(100 * e.self_cpu_time_total / self_total, 1) for e in top[:6]},
+        }
+    return out
+
+
 def _test2016(corpus: Path) -> tuple[list[str], list[str]]:
     sides = []
     for lang in ("en", "de"):
@@ -244,6 +278,8 @@ def main() -> None:
         "--engines", action="store_true",
         help="with --run-dir: also test2016 through engine=ctranslate2 in fp32 and int8",
     )  # fmt: skip
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile mt's search: ops per step and the top ops")  # fmt: skip
     args = parser.parse_args()
     precision = pick_precision(args.precision, CPU)
     print(
@@ -251,6 +287,8 @@ def main() -> None:
         f"{precision} (both systems)"
     )
     results = {"precision": precision, **synthetic_speed(args, precision)}
+    if args.profile:
+        results.update(profile_steps(args, precision))
     if args.run_dir:
         names = (args.test_precisions or precision).split(",")
         systems = [("torch", pick_precision(n, CPU)) for n in names]

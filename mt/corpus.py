@@ -18,6 +18,15 @@ from mt.config import DataConfig
 from mt.errors import MTError
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass
 class Pairs:
     """Aligned source and target sentences of one split."""
@@ -45,11 +54,7 @@ class InputFile:
 
     def hash(self) -> InputFile:
         """Fill in the content hash (reads the whole file)."""
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-        self.sha256 = digest.hexdigest()
+        self.sha256 = file_sha256(Path(self.path))
         return self
 
 

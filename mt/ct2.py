@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from mt.config import DecodeConfig
+from mt.corpus import file_sha256
 from mt.errors import MTError
 from mt.search import length_penalty
 from mt.translate import LoadedRun, one_line, output_caps, prefix_ids, prepare_ids
@@ -42,17 +43,16 @@ COMPUTE_TYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8
 
 def cached_export(run: LoadedRun) -> Path:
     """RUN_DIR/ctranslate2/<checkpoint stem>, exported now unless it matches the checkpoint."""
-    from mt.export import EXPORT_INFO, Source, export, load_source
+    from mt.export import EXPORT_INFO, export, load_source
 
     folder = run.checkpoint.parent.parent / "ctranslate2" / run.checkpoint.stem
     info = folder / EXPORT_INFO
-    source: Source = load_source(run.checkpoint.parent.parent, str(run.checkpoint))
     if info.is_file():
         recorded = json.loads(info.read_text(encoding="utf-8")).get("checkpoint_sha256")
-        if recorded == source.checkpoint_sha256():
+        if recorded == file_sha256(run.checkpoint):  # a hit loads no second copy of the model
             return folder
         log.info("%s changed since its CTranslate2 export; exporting again", run.checkpoint)
-    export(source, folder, "ctranslate2")
+    export(load_source(run.checkpoint.parent.parent, str(run.checkpoint)), folder, "ctranslate2")
     log.info("exported %s to %s for engine=ctranslate2", run.checkpoint, folder)
     return folder
 
@@ -64,10 +64,9 @@ class CT2Translator:
         try:
             import ctranslate2
         except ImportError:
-            raise MTError(
-                "engine=ctranslate2 needs the ctranslate2 package: pip install 'mt[export]' "
-                '(from a checkout: pip install -e ".[export]").'
-            ) from None
+            from mt.export import missing_extra
+
+            raise missing_extra("ctranslate2", "engine=ctranslate2") from None
         from mt.ensemble import Ensemble
 
         if isinstance(run.model, Ensemble):
@@ -152,7 +151,7 @@ class CT2Translator:
         results: list[list[tuple[str, float]]] = [[] for _ in lines]
         todo = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
         lengths = [len(ids[i]) + 1 for i in todo]
-        caps = dict(zip(todo, output_caps(self.decode, self.run.max_len, lengths), strict=True))
+        caps = dict(zip(todo, output_caps(self.run, self.decode, lengths), strict=True))
         src_sp, tgt_sp = self.run.src_tok.sp, self.run.tgt_tok.sp
         for cap, group in groupby(todo, key=caps.__getitem__):
             rows = list(group)

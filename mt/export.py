@@ -19,7 +19,7 @@ of its ids, so `AutoTokenizer` gives mt's ids (pad 0, unk 1, <s> 2, </s> 3) with
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import shutil
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from mt import __version__
 from mt.config import ExportConfig, ModelConfig
+from mt.corpus import file_sha256
 from mt.errors import MTError
 from mt.model.layers import DecoderLayer, EncoderLayer
 from mt.model.transformer import Seq2Seq
@@ -61,9 +62,10 @@ _STRUCTURAL = {
 }  # fmt: skip
 
 
-def _missing_extra(package: str) -> MTError:
+def missing_extra(package: str, what: str = "this") -> MTError:
+    """The one sentence for a missing package of the export extra."""
     return MTError(
-        f"this needs the {package} package: pip install 'mt[export]' "
+        f"{what} needs the {package} package: pip install 'mt[export]' "
         '(from a checkout: pip install -e ".[export]").'
     )
 
@@ -81,12 +83,10 @@ class Source:
     normalize: str
     direction: str = "?"  # e.g. en-de, as the data was prepared
 
+    @functools.cached_property
     def checkpoint_sha256(self) -> str:
-        digest = hashlib.sha256()
-        with open(self.checkpoint, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        """Hex sha256 of the checkpoint file, read once."""
+        return file_sha256(self.checkpoint)
 
     def results(self) -> dict[str, Any]:
         """results.json of the run (scores, steps), or {} when it has none."""
@@ -176,7 +176,7 @@ def ctranslate2_spec(
     try:
         from ctranslate2.specs import common_spec, transformer_spec
     except ImportError:
-        raise _missing_extra("ctranslate2") from None
+        raise missing_extra("ctranslate2") from None
     check_representable(hp, "CTranslate2")
     activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}
     spec = transformer_spec.TransformerSpec.from_config(
@@ -329,7 +329,7 @@ def huggingface_config(hp: dict[str, Any]) -> Any:
     try:
         from transformers import MarianConfig, PegasusConfig
     except ImportError:
-        raise _missing_extra("transformers") from None
+        raise missing_extra("transformers") from None
     check_representable(hp, "Hugging Face transformers")
     pre_norm = hp["norm"] == "pre"
     if not pre_norm and hp["positions"] != "sinusoidal":
@@ -448,7 +448,7 @@ def model_card(source: Source) -> str:
         "",
         "## Training",
         "",
-        f"Checkpoint `{source.checkpoint.name}` (sha256 {source.checkpoint_sha256()[:16]}...), "
+        f"Checkpoint `{source.checkpoint.name}` (sha256 {source.checkpoint_sha256[:16]}...), "
         f"step {results.get('step', '?')}, {results.get('minutes', 0):.1f} minutes.",
         "",
     ]
@@ -479,7 +479,7 @@ def export_info(source: Source, fmt: str, quantization: str) -> dict[str, Any]:
         "quantization": quantization,
         "run_dir": str(source.run.root.resolve()),
         "checkpoint": str(source.checkpoint.resolve()),
-        "checkpoint_sha256": source.checkpoint_sha256(),
+        "checkpoint_sha256": source.checkpoint_sha256,
         "normalize": source.normalize,
         "model_args": source.model_args,
         "results": source.results(),

@@ -73,11 +73,15 @@ class Limits:
 
     def output_lens(self, src_pad_mask: Tensor) -> Tensor:
         """Per-sentence cap on output tokens before eos, as LongTensor [B]."""
-        src_len = (~src_pad_mask).sum(dim=1).cpu().double()  # float64: truncates like int()
+        return self.caps((~src_pad_mask).sum(dim=1)).to(src_pad_mask.device)
+
+    def caps(self, src_lens: Tensor) -> Tensor:
+        """The cap on output tokens of sources of src_lens [B] tokens (eos included), on CPU."""
+        src_len = src_lens.cpu().double()  # float64: truncates like int()
         caps = (self.max_len_a * src_len + self.max_len_b).long().clamp_(min=0)
         if self.max_len is not None:
             caps.clamp_(max=self.max_len)
-        return caps.to(src_pad_mask.device)
+        return caps
 
 
 def length_penalty(length: int, lenpen: float) -> float:

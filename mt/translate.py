@@ -141,13 +141,7 @@ class Translator:
             run = dataclasses.replace(run, model=quantize_int8(run.model))
         self.run, self.decode, self.device, self.precision = run, decode, device, precision
         self.generator = torch.Generator(device=device).manual_seed(decode.seed)
-        self.limits = Limits(
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            max_len_a=decode.max_len_a,
-            max_len_b=decode.max_len_b,
-            max_len=run.max_len - 1,  # bos takes the first of the model's positions
-        )
+        self.limits = limits_for(run, decode)
 
     def _search(self, src: torch.Tensor, prefix: torch.Tensor | None) -> list[list[Hypothesis]]:
         d, mask, model, limits = self.decode, src == PAD_ID, self.run.model, self.limits
@@ -222,11 +216,20 @@ class Translator:
         return out
 
 
-def output_caps(decode: DecodeConfig, max_len: int, src_lengths: list[int]) -> list[int]:
-    """mt's cap on output tokens (before eos) for sources of `src_lengths` tokens, eos included:
-    the same numbers as `Limits.output_lens`."""
-    caps = [max(int(decode.max_len_a * n + decode.max_len_b), 0) for n in src_lengths]
-    return [min(cap, max_len - 1) for cap in caps]
+def limits_for(run: LoadedRun, decode: DecodeConfig) -> Limits:
+    """Where outputs start and end for this run and these decode settings."""
+    return Limits(
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        max_len_a=decode.max_len_a,
+        max_len_b=decode.max_len_b,
+        max_len=run.max_len - 1,  # bos takes the first of the model's positions
+    )
+
+
+def output_caps(run: LoadedRun, decode: DecodeConfig, src_lengths: list[int]) -> list[int]:
+    """The cap on output tokens (before eos) of sources of `src_lengths` tokens, eos included."""
+    return limits_for(run, decode).caps(torch.tensor(src_lengths, dtype=torch.long)).tolist()
 
 
 def prefix_ids(
@@ -245,7 +248,7 @@ def prefix_ids(
     if prefixes is None or not any(p.strip() for p in prefixes):
         return None
     forced = run.tgt_tok.encode(normalize(prefixes, run.normalize_form))
-    caps = output_caps(decode, run.max_len, [len(seq) + 1 for seq in ids])
+    caps = output_caps(run, decode, [len(seq) + 1 for seq in ids])
     for i, (seq, cap) in enumerate(zip(forced, caps, strict=True)):
         if len(seq) > cap:
             raise MTError(

@@ -122,3 +122,14 @@ def overfit_run(tmp_path_factory) -> tuple[Path, Path, dict]:
         "train.max_tokens=4096",
     )
     return corpus, root / "run", run_train(cfg)
+
+
+@pytest.fixture(scope="session")
+def overfit_loaded(overfit_run):
+    """`overfit_run`'s model loaded for inference on CPU (its final checkpoint)."""
+    import torch
+
+    from mt.translate import load_run
+
+    _, run, _ = overfit_run
+    return load_run(run, None, torch.device("cpu"))

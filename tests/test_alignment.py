@@ -8,29 +8,26 @@ import torch
 from mt.alignment import cross_attention, pharaoh
 from mt.config import DecodeConfig
 from mt.search import repeat_bans
-from mt.translate import Translator, load_run
+from mt.translate import Translator
 from tests.test_cli import mt
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def loaded(overfit_run):
-    _, run, _ = overfit_run
-    return load_run(run, None, CPU)
 
 
 def _lines(path):
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def test_cross_attention_rows_are_distributions_over_the_source(loaded):
-    src, out = loaded.src_tok.encode(["red big house"])[0], loaded.tgt_tok.encode(["rot"])[0]
-    weights = cross_attention(loaded.model, src, out)
-    heads = loaded.model.decoder.layers[-1].cross_attn.n_heads
+def test_cross_attention_rows_are_distributions_over_the_source(overfit_loaded):
+    src, out = (
+        overfit_loaded.src_tok.encode(["red big house"])[0],
+        overfit_loaded.tgt_tok.encode(["rot"])[0],
+    )
+    weights = cross_attention(overfit_loaded.model, src, out)
+    heads = overfit_loaded.model.decoder.layers[-1].cross_attn.n_heads
     assert weights.shape == (heads, len(out) + 1, len(src) + 1)
     torch.testing.assert_close(weights.sum(-1), torch.ones(heads, len(out) + 1))
-    first = cross_attention(loaded.model, src, out, layer=0)
+    first = cross_attention(overfit_loaded.model, src, out, layer=0)
     assert not torch.allclose(first, weights)  # the layer is the one asked for
 
 
@@ -72,12 +69,14 @@ def test_repeat_bans_forbid_completing_a_seen_ngram():
     assert repeat_bans(history, 6) is None
 
 
-def test_no_repeat_ngram_outputs_have_no_repeated_bigram(loaded, overfit_run):
+def test_no_repeat_ngram_outputs_have_no_repeated_bigram(overfit_loaded, overfit_run):
     corpus, _, _ = overfit_run
     src = [" ".join(line.split() * 3) for line in _lines(corpus / "train.en")[:12]]
     for beam in (1, 3):
-        translator = Translator(loaded, DecodeConfig(beam=beam, no_repeat_ngram=2), CPU, "fp32")
+        translator = Translator(
+            overfit_loaded, DecodeConfig(beam=beam, no_repeat_ngram=2), CPU, "fp32"
+        )
         for hyps in translator.translate(src):
-            ids = loaded.tgt_tok.encode([hyps[0][0]])[0]
+            ids = overfit_loaded.tgt_tok.encode([hyps[0][0]])[0]
             bigrams = list(zip(ids, ids[1:], strict=False))
             assert len(bigrams) == len(set(bigrams))

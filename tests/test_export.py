@@ -17,7 +17,7 @@ from mt.export import Source, check_representable, export, load_source
 from mt.model import transformer
 from mt.rundir import RunDir
 from mt.tokenizer import Tokenizer
-from mt.translate import Translator, load_run, make_translator
+from mt.translate import Translator, make_translator
 from tests.conftest import make_pairs
 from tests.test_cli import assert_clean_error, mt
 
@@ -37,30 +37,26 @@ def _decode(**kw) -> DecodeConfig:
     return DecodeConfig(**{"max_len_a": 1.2, "max_len_b": 10, **kw})
 
 
-@pytest.fixture(scope="module")
-def loaded(overfit_run):
-    _, run, _ = overfit_run
-    return load_run(run, None, CPU)
-
-
-def test_ctranslate2_greedy_is_token_identical(loaded):
+def test_ctranslate2_greedy_is_token_identical(overfit_loaded):
     lines = _inputs()
-    ours = Translator(loaded, _decode(beam=1), CPU, "fp32").translate(lines)
-    theirs = make_translator(loaded, _decode(beam=1), CPU, "fp32", "ctranslate2").translate(lines)
+    ours = Translator(overfit_loaded, _decode(beam=1), CPU, "fp32").translate(lines)
+    theirs = make_translator(overfit_loaded, _decode(beam=1), CPU, "fp32", "ctranslate2").translate(
+        lines
+    )
     assert [h[0][0] if h else None for h in theirs] == [h[0][0] if h else None for h in ours]
     for a, b in zip(ours, theirs, strict=True):
         if a:
             assert abs(a[0][1] - b[0][1]) < 1e-3  # the same score, eos included
 
 
-def test_ctranslate2_beam4_nbest4_matches(loaded):
+def test_ctranslate2_beam4_nbest4_matches(overfit_loaded):
     """The same model in both engines: every hypothesis both find scores the same. The searches
     stop differently (CTranslate2 at `beam` finished hypotheses, mt when no live one can win),
     so n-best tails differ and a few best hypotheses too (240 of 242 lines agree here)."""
     lines = [line for line in _inputs() if line.strip()]
     decode = _decode(beam=4, nbest=4, lenpen=0.0)
-    ours = Translator(loaded, decode, CPU, "fp32").translate(lines)
-    theirs = make_translator(loaded, decode, CPU, "fp32", "ctranslate2").translate(lines)
+    ours = Translator(overfit_loaded, decode, CPU, "fp32").translate(lines)
+    theirs = make_translator(overfit_loaded, decode, CPU, "fp32", "ctranslate2").translate(lines)
     same_best = sum(a[0][0] == b[0][0] for a, b in zip(ours, theirs, strict=True))
     assert same_best >= 0.95 * len(lines)
     for a, b in zip(ours, theirs, strict=True):
@@ -69,19 +65,21 @@ def test_ctranslate2_beam4_nbest4_matches(loaded):
             assert abs(a[0][1] - b[0][1]) < 1e-3
 
 
-def test_ctranslate2_export_folder_and_cache(loaded, overfit_run, tmp_path):
+def test_ctranslate2_export_folder_and_cache(overfit_loaded, overfit_run, tmp_path):
     _, run, _ = overfit_run
-    folder = run / "ctranslate2" / loaded.checkpoint.stem
-    make_translator(loaded, _decode(beam=1), CPU, "fp32", "ctranslate2")
+    folder = run / "ctranslate2" / overfit_loaded.checkpoint.stem
+    make_translator(overfit_loaded, _decode(beam=1), CPU, "fp32", "ctranslate2")
     info = json.loads((folder / "mt_export.json").read_text())
-    assert info["checkpoint"] == str(loaded.checkpoint.resolve())
+    assert info["checkpoint"] == str(overfit_loaded.checkpoint.resolve())
     assert {p.name for p in folder.iterdir()} >= {"model.bin", "mt_export.json", "config.json"}
     stamp = (folder / "model.bin").stat().st_mtime_ns
-    make_translator(loaded, _decode(beam=1), CPU, "int8", "ctranslate2")  # cached: no export
+    make_translator(
+        overfit_loaded, _decode(beam=1), CPU, "int8", "ctranslate2"
+    )  # cached: no export
     assert (folder / "model.bin").stat().st_mtime_ns == stamp
     info["checkpoint_sha256"] = "0" * 64  # as if the checkpoint had changed since
     (folder / "mt_export.json").write_text(json.dumps(info))
-    make_translator(loaded, _decode(beam=1), CPU, "fp32", "ctranslate2")
+    make_translator(overfit_loaded, _decode(beam=1), CPU, "fp32", "ctranslate2")
     assert (folder / "model.bin").stat().st_mtime_ns != stamp
 
 
@@ -94,12 +92,12 @@ def _hf(folder: Path):
 
 
 @pytest.mark.parametrize("beam", [1, 4])
-def test_huggingface_generate_is_token_identical(overfit_run, loaded, tmp_path, beam):
+def test_huggingface_generate_is_token_identical(overfit_run, overfit_loaded, tmp_path, beam):
     _, run, _ = overfit_run
     folder = export(load_source(run, None), tmp_path / "hf", "huggingface")
     model, tok = _hf(folder)
     lines = [line for line in _inputs() if line.strip() and len(line) < 200][:64]
-    ours = Translator(loaded, _decode(beam=beam, lenpen=0.0), CPU, "fp32").translate(lines)
+    ours = Translator(overfit_loaded, _decode(beam=beam, lenpen=0.0), CPU, "fp32").translate(lines)
     theirs = []
     for line in lines:  # one at a time: mt's length cap depends on the source length
         batch = tok([line], return_tensors="pt")

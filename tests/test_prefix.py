@@ -9,16 +9,10 @@ import torch.nn.functional as F
 from mt.config import DecodeConfig
 from mt.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID
-from mt.translate import Translator, load_run, make_translator
+from mt.translate import Translator, make_translator
 from tests.test_cli import assert_clean_error, mt
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def loaded(overfit_run):
-    _, run, _ = overfit_run
-    return load_run(run, None, CPU)
 
 
 def _lines(path):
@@ -34,11 +28,13 @@ def _logprob(model, src: list[int], out: list[int]) -> float:
 
 
 @pytest.mark.parametrize("beam", [1, 4])
-def test_outputs_start_with_the_prefix_and_score_it(loaded, overfit_run, beam):
+def test_outputs_start_with_the_prefix_and_score_it(overfit_loaded, overfit_run, beam):
     corpus, _, _ = overfit_run
     src_lines = _lines(corpus / "train.en")[:8]
-    src_ids = loaded.src_tok.encode(src_lines)
-    forced = loaded.tgt_tok.encode(["Straße Apfel", "", "Hund", "ein ein ein", "", "rot", "", "x"])
+    src_ids = overfit_loaded.src_tok.encode(src_lines)
+    forced = overfit_loaded.tgt_tok.encode(
+        ["Straße Apfel", "", "Hund", "ein ein ein", "", "rot", "", "x"]
+    )
     width = max(map(len, forced))
     prefix = torch.full((8, width), -1, dtype=torch.long)
     for r, seq in enumerate(forced):
@@ -47,7 +43,7 @@ def test_outputs_start_with_the_prefix_and_score_it(loaded, overfit_run, beam):
     for r, seq in enumerate(src_ids):
         src[r, : len(seq) + 1] = torch.tensor([*seq, EOS_ID])
     limits = Limits(BOS_ID, EOS_ID, max_len=63)
-    model = loaded.model
+    model = overfit_loaded.model
     if beam == 1:
         found = greedy_search(model, src, src == 0, limits, prefix)
         free = greedy_search(model, src, src == 0, limits)
@@ -61,24 +57,24 @@ def test_outputs_start_with_the_prefix_and_score_it(loaded, overfit_run, beam):
         assert hyp.logprob == pytest.approx(_logprob(model, src_ids[r], hyp.tokens), abs=1e-4)
 
 
-def test_a_prefix_of_the_free_output_gives_the_free_output(loaded, overfit_run):
+def test_a_prefix_of_the_free_output_gives_the_free_output(overfit_loaded, overfit_run):
     corpus, _, _ = overfit_run
     src = _lines(corpus / "train.en")[:16]
-    translator = Translator(loaded, DecodeConfig(beam=4), CPU, "fp32")
+    translator = Translator(overfit_loaded, DecodeConfig(beam=4), CPU, "fp32")
     free = [h[0][0] for h in translator.translate(src)]
     prefixes = [" ".join(text.split()[:2]) for text in free]
     steered = [h[0][0] for h in translator.translate(src, prefixes=prefixes)]
     assert steered == free
 
 
-def test_ctranslate2_follows_the_prefix_like_mt(loaded, overfit_run):
+def test_ctranslate2_follows_the_prefix_like_mt(overfit_loaded, overfit_run):
     pytest.importorskip("ctranslate2")
     corpus, _, _ = overfit_run
     src = _lines(corpus / "train.en")[:16]
     prefixes = ["Hund", "", "rot rot", "Apfel"] * 4
     decode = DecodeConfig(beam=1)
-    ours = Translator(loaded, decode, CPU, "fp32").translate(src, prefixes=prefixes)
-    theirs = make_translator(loaded, decode, CPU, "fp32", "ctranslate2").translate(
+    ours = Translator(overfit_loaded, decode, CPU, "fp32").translate(src, prefixes=prefixes)
+    theirs = make_translator(overfit_loaded, decode, CPU, "fp32", "ctranslate2").translate(
         src, prefixes=prefixes
     )
     assert [h[0][0] for h in theirs] == [h[0][0] for h in ours]

@@ -528,27 +528,25 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(overfit_run, transl
     assert any("SIGTERM: stopped after answering" in line for line in seen)
 
 
-def test_the_page_translates_in_a_headless_browser(server, translator, src, tmp_path):
+def _browser_dom(url: str, profile: Path, budget_ms: int) -> str:
+    """The page's DOM after headless Chromium ran its scripts for `budget_ms` of virtual time."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    url = f"{server}?text={urllib.parse.quote(src[3])}"
     cmd = [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run"]
-    cmd += [f"--user-data-dir={tmp_path}", "--virtual-time-budget=5000", "--dump-dom", url]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    cmd += [f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+def test_the_page_translates_in_a_headless_browser(server, translator, src, tmp_path):
+    dom = _browser_dom(f"{server}?text={urllib.parse.quote(src[3])}", tmp_path, 5000)
     expected = translator.translate([src[3]])[0][0][0]
     output = re.search(r'<div id="output"[^>]*>(.*?)</div>', dom, re.S)
     assert output and output.group(1) == html.escape(expected, quote=False), dom
 
 
 def test_the_page_draws_the_attention_in_a_headless_browser(server, src, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    url = f"{server}?text={urllib.parse.quote(src[5])}&attention=1"
-    cmd = [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run"]
-    cmd += [f"--user-data-dir={tmp_path}", "--virtual-time-budget=8000", "--dump-dom", url]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    dom = _browser_dom(f"{server}?text={urllib.parse.quote(src[5])}&attention=1", tmp_path, 8000)
     expected = httpx.post(server + "attention", json={"text": src[5]}, timeout=30).json()
     drawn = re.search(r'<div id="attention">(.*?)</div>', dom, re.S)
     assert drawn and "<table" in drawn.group(1), dom

@@ -259,6 +259,9 @@ class DecodeConfig:
     prefix: str | None = None
     """File of target prefixes, one per input line (empty: none): each output starts with its
     line's prefix and continues from there."""
+    constraints: str | None = None
+    """File of lexical constraints, one line per input line: tab-separated target phrases that
+    must all appear in that line's output, in any order (empty: none). Beam search only."""
     ensemble_weights: list[float] | None = None
     """With checkpoint=[a.pt,b.pt,...]: one weight per checkpoint (default: equal)."""
     no_repeat_ngram: int = 0
@@ -530,6 +533,8 @@ def validate_decode(decode: DecodeConfig) -> None:
     if decode.no_repeat_ngram < 0:
         raise ConfigError(f"decode.no_repeat_ngram={decode.no_repeat_ngram} must be 0 or more.")
     _check_choice("decode.alignment_unit", decode.alignment_unit, ("piece", "word"))
+    if decode.constraints is not None and decode.sampling:
+        raise ConfigError("decode.constraints needs beam search, not decode.sampling=true.")
 
 
 def validate_serve(cfg: ServeConfig) -> None:

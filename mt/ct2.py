@@ -73,6 +73,11 @@ class CT2Translator:
             raise MTError(
                 "engine=ctranslate2 decodes one checkpoint; use engine=torch for an ensemble."
             )
+        if decode.constraints is not None:
+            raise MTError(
+                "engine=ctranslate2 has no lexical constraints; use engine=torch for "
+                "decode.constraints."
+            )
         if precision not in COMPUTE_TYPES:
             raise MTError(
                 f"engine=ctranslate2 takes precision fp32, bf16, fp16 or int8, not {precision}."

@@ -17,6 +17,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from mt import constraints as lex
+from mt.constraints import Constraints, ConstraintState
+
 _NEG_INF = float("-inf")
 
 
@@ -54,6 +57,7 @@ class Hypothesis:
     tokens: list[int]  # output ids without bos/eos
     score: float  # logprob / length_penalty(len(tokens) + 1, lenpen): what n-best lists sort by
     logprob: float  # raw sum of the token log-probs, eos included
+    complete: bool = True  # meets every lexical constraint (False: it hit its length cap first)
 
 
 @dataclass(frozen=True)
@@ -357,6 +361,7 @@ class _Beams:
     done: Tensor  # [B', K] scores of the K best finished hypotheses, best first; -inf: none
     seqs: Tensor  # [B', K, t] tokens emitted so far (no bos)
     scores: Tensor  # [B', K] cumulative log-probs
+    met: ConstraintState | None = None  # [B', K] lexical constraints met, if any
 
     @property
     def beam(self) -> int:
@@ -372,9 +377,11 @@ class _Candidates:
     beams: Tensor  # which of the sentence's K hypotheses is extended
     tokens: Tensor  # the appended token
     is_eos: Tensor  # tokens == eos
+    met: ConstraintState | None = None  # constraints met after the token, if any
+    complete: Tensor | None = None  # bool: every constraint met
 
 
-def _init_beams(max_lens: Tensor, beam: int) -> _Beams:
+def _init_beams(max_lens: Tensor, beam: int, constraints: Constraints | None) -> _Beams:
     """K identical hypotheses per sentence; only slot 0 may be extended at step 0."""
     b, device = max_lens.size(0), max_lens.device
     scores = torch.zeros(b, beam, device=device)  # [B, K]
@@ -385,15 +392,20 @@ def _init_beams(max_lens: Tensor, beam: int) -> _Beams:
         done=torch.full((b, beam), _NEG_INF, device=device),
         seqs=torch.empty(b, beam, 0, dtype=torch.long, device=device),
         scores=scores,
+        met=None if constraints is None else ConstraintState.start(constraints, beam),
     )
 
 
-def _top_candidates(beams: _Beams, lprobs: Tensor, eos_id: int) -> _Candidates:
+def _top_candidates(
+    beams: _Beams, lprobs: Tensor, eos_id: int, constraints: Constraints | None = None
+) -> _Candidates:
     """Rank all extensions of each sentence's hypotheses, like fairseq ``BeamSearch.step``.
 
     Args:
         beams: Live hypotheses [B', K].
         lprobs: Next-token log-probs [B' * K, V]; overwritten with the cumulative scores.
+        constraints: Lexical constraints of the input sentences; the candidates are then
+            dealt out across banks of progress (``_constrained``).
     """
     vocab = lprobs.size(1)
     cumulative = lprobs.view(*beams.scores.shape, vocab).add_(beams.scores.unsqueeze(2))
@@ -401,7 +413,52 @@ def _top_candidates(beams: _Beams, lprobs: Tensor, eos_id: int) -> _Candidates:
     # 2K: each hypothesis has one eos, so at least K candidates are not eos and can continue
     scores, index = flat.topk(min(2 * beams.beam, flat.size(1)), dim=1)  # [B', 2K]
     tokens = index % vocab
+    if constraints is not None:
+        return _constrained(beams, cumulative, index // vocab, tokens, constraints, eos_id)
     return _Candidates(scores, index // vocab, tokens, tokens == eos_id)
+
+
+def _constrained(
+    beams: _Beams,
+    cumulative: Tensor,
+    top_beams: Tensor,
+    top_tokens: Tensor,
+    constraints: Constraints,
+    eos_id: int,
+) -> _Candidates:
+    """The 2K candidates of dynamic beam allocation (``mt.constraints``).
+
+    To the best 2K extensions (``top_beams``, ``top_tokens`` [B', 2K]) it adds, per hypothesis,
+    the tokens that advance its constraints and its own best token, then orders all of them
+    bank by bank. Sentences without constraints keep exactly the plain ranking.
+    """
+    k, sent, vocab, top = beams.beam, beams.sent, cumulative.size(2), top_tokens.size(1)
+    steer = lex.allowed(constraints, sent, beams.met)  # [B', K, C]
+    extra = torch.cat([steer, cumulative.argmax(dim=2, keepdim=True)], dim=2)  # [B', K, C + 1]
+    extra_beams = torch.arange(k, device=extra.device).repeat_interleave(extra.size(2))
+    extra = extra.flatten(1)  # [B', X]
+    tokens = torch.cat([top_tokens, extra.clamp(min=0)], dim=1)  # [B', M]
+    parents = torch.cat([top_beams, extra_beams.expand_as(extra)], dim=1)
+    key = parents * vocab + tokens
+    scores = cumulative.flatten(1).gather(1, key)
+    # an extra is void where it is no token, repeats an earlier candidate or has no constraint
+    earlier = torch.ones(key.size(1), key.size(1), dtype=torch.bool, device=key.device).tril(-1)
+    void = ((key.unsqueeze(2) == key.unsqueeze(1)) & earlier).any(dim=2)  # [B', M]
+    void[:, top:] |= (extra < 0) | (constraints.totals[sent] == 0).unsqueeze(1)
+    scores = scores.masked_fill(void, _NEG_INF)
+    met = lex.advance(constraints, sent, beams.met, parents, tokens)
+    progress = met.progress(constraints, sent)  # [B', M]
+    order = lex.stripe_order(progress, scores, constraints.n_banks)[:, :top]
+    rows = torch.arange(order.size(0), device=order.device)
+    tokens = tokens.gather(1, order)
+    return _Candidates(
+        scores=scores.gather(1, order),
+        beams=parents.gather(1, order),
+        tokens=tokens,
+        is_eos=tokens == eos_id,
+        met=met.select(rows, order),
+        complete=progress.gather(1, order) >= constraints.totals[sent].unsqueeze(1),
+    )
 
 
 def _finalize(
@@ -422,8 +479,11 @@ def _finalize(
     sent_idx, cand_idx = final.nonzero(as_tuple=True)  # [F] each
     seqs = beams.seqs[sent_idx, cands.beams[sent_idx, cand_idx]].tolist()  # F x [t]
     sents, lps = beams.sent[sent_idx].tolist(), cands.scores[sent_idx, cand_idx].tolist()
-    for s, seq, lp in zip(sents, seqs, lps, strict=True):
-        finished[s].append(Hypothesis(seq, lp / penalty, lp))
+    complete = (
+        [True] * len(sents) if cands.complete is None else cands.complete[:, :k][final].tolist()
+    )
+    for s, seq, lp, ok in zip(sents, seqs, lps, complete, strict=True):
+        finished[s].append(Hypothesis(seq, lp / penalty, lp, ok))
 
 
 def _advance(
@@ -460,6 +520,7 @@ def _advance(
         done=beams.done[live],
         seqs=torch.cat([kept, tokens.unsqueeze(2)], dim=2),  # [B'', K, t+1]
         scores=cands.scores[live].gather(1, pick),  # [B'', K]
+        met=None if cands.met is None else cands.met.select(live, pick),
     )
     return new, live, slots
 
@@ -476,6 +537,7 @@ def beam_search(
     lenpen: float = 1.0,
     prefix: Tensor | None = None,
     no_repeat_ngram: int = 0,
+    constraints: Constraints | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch with beam search; the decoder runs on B' * K rows per step.
 
@@ -492,6 +554,8 @@ def beam_search(
         prefix: As in ``greedy_search``; while a sentence is inside its prefix, its one live
             hypothesis takes the forced token, and the beam opens after it.
         no_repeat_ngram: As in ``greedy_search``.
+        constraints: Phrases each output must contain (``mt.constraints``); one that hits its
+            length cap first ends anyway, ranked after those that are ``complete``.
 
     Returns:
         Per sentence (input order), up to ``nbest`` hypotheses sorted by score, best first.
@@ -506,19 +570,43 @@ def beam_search(
     stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, beam)
     check_prefix(prefix, max_lens)
     first_cap = int(max_lens.min())
-    beams = _init_beams(max_lens, beam)
+    beams = _init_beams(max_lens, beam, constraints)
     tokens = torch.full_like(beams.scores, limits.bos_id, dtype=torch.long)  # [B, K]
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     for step in range(n_steps):
         at_max = (beams.max_lens <= step).repeat_interleave(beam) if step >= first_cap else None
         forced = _forced_at(prefix, beams.sent.repeat_interleave(beam), step)
-        bans = repeat_bans(beams.seqs.flatten(0, 1), no_repeat_ngram)
+        bans = _beam_bans(beams, no_repeat_ngram, constraints, at_max, limits.eos_id)
         lprobs = stepper(tokens.reshape(-1), at_max, forced, bans)
-        cands = _top_candidates(beams, lprobs, limits.eos_id)
+        cands = _top_candidates(beams, lprobs, limits.eos_id, constraints)
         _finalize(beams, cands, lenpen, finished)
         beams, live, slots = _advance(beams, cands, step, lenpen)
         if live.numel() == 0:
             break
         stepper.state.reorder(live, slots)
         tokens = beams.seqs[:, :, -1]  # [B'', K]
-    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]
+    return [sorted(hyps, key=_ranking, reverse=True)[:nbest] for hyps in finished]
+
+
+def _ranking(hyp: Hypothesis) -> tuple[bool, float]:
+    """Sort key of finished hypotheses: those meeting their constraints first, then score."""
+    return hyp.complete, hyp.score
+
+
+def _beam_bans(
+    beams: _Beams,
+    no_repeat_ngram: int,
+    constraints: Constraints | None,
+    at_max: Tensor | None,
+    eos_id: int,
+) -> tuple[Tensor, Tensor] | None:
+    """(rows, tokens) no live hypothesis may emit: repeated n-grams, and eos while a row's
+    constraints are unmet (``Stepper`` applies them)."""
+    bans = repeat_bans(beams.seqs.flatten(0, 1), no_repeat_ngram)
+    if constraints is None:
+        return bans
+    rows = lex.unmet_rows(constraints, beams.sent, beams.met, at_max)
+    if rows.numel() == 0:
+        return bans
+    eos = (rows, torch.full_like(rows, eos_id))
+    return eos if bans is None else (torch.cat([bans[0], rows]), torch.cat([bans[1], eos[1]]))

@@ -22,6 +22,7 @@ import torch
 from mt.checkpoint import load_checkpoint
 from mt.clean import normalize
 from mt.config import DecodeConfig, TranslateConfig, validate_decode
+from mt.constraints import Constraints
 from mt.data import pack_batches
 from mt.errors import MTError
 from mt.model.precision import quantize_int8
@@ -143,7 +144,9 @@ class Translator:
         self.generator = torch.Generator(device=device).manual_seed(decode.seed)
         self.limits = limits_for(run, decode)
 
-    def _search(self, src: torch.Tensor, prefix: torch.Tensor | None) -> list[list[Hypothesis]]:
+    def _search(
+        self, src: torch.Tensor, prefix: torch.Tensor | None, constraints: Constraints | None
+    ) -> list[list[Hypothesis]]:
         d, mask, model, limits = self.decode, src == PAD_ID, self.run.model, self.limits
         if d.sampling:
             found = sample(
@@ -151,12 +154,12 @@ class Translator:
                 generator=self.generator, prefix=prefix,
             )  # fmt: skip
             return [[h] for h in found]
-        if d.beam == 1:
+        if d.beam == 1 and constraints is None:
             found = greedy_search(model, src, mask, limits, prefix, d.no_repeat_ngram)
             return [[h] for h in found]
         return beam_search(
             model, src, mask, limits, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen, prefix=prefix,
-            no_repeat_ngram=d.no_repeat_ngram,
+            no_repeat_ngram=d.no_repeat_ngram, constraints=constraints,
         )  # fmt: skip
 
     def translate(
@@ -165,13 +168,16 @@ class Translator:
         where: str = "<input>",
         first_line: int = 1,
         prefixes: list[str] | None = None,
+        constraints: list[list[str]] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """n-best (text, score) lists for each line, in input order; empty lines give [].
 
-        `prefixes` (one per line, "" for none) are target text every output must start with.
+        `prefixes` (one per line, "" for none) are target text every output must start with;
+        `constraints` (a list of phrases per line) are target text every output must contain.
         """
         ids = prepare_ids(self.run, lines, where, first_line)
         forced = prefix_ids(self.run, self.decode, ids, prefixes, where, first_line)
+        phrases = constraint_ids(self.run, self.decode, ids, constraints, where, first_line)
         results: list[list[tuple[str, float]]] = [[] for _ in lines]
         todo = np.array([i for i, seq in enumerate(ids) if seq], dtype=np.int64)
         lengths = np.array([len(ids[i]) + 1 for i in todo], dtype=np.int64)
@@ -183,9 +189,19 @@ class Translator:
             for r, i in enumerate(rows):
                 src[r, : len(ids[i]) + 1] = torch.tensor([*ids[i], EOS_ID])
             prefix = None if forced is None else _prefix_tensor([forced[i] for i in rows])
+            cons = (
+                None
+                if phrases is None
+                else Constraints.from_lists([phrases[i] for i in rows], self.device)
+            )
             with autocast(self.precision, self.device):  # search runs under no_grad itself
-                found = self._search(src.to(self.device), _to(prefix, self.device))
+                found = self._search(src.to(self.device), _to(prefix, self.device), cons)
             for i, hyps in zip(rows, found, strict=True):
+                if not hyps[0].complete:
+                    log.warning(
+                        "%s:%d: the output reached its length limit before every constraint "
+                        "appeared (decode.max_len_a, decode.max_len_b)", where, first_line + i,
+                    )  # fmt: skip
                 texts = [one_line(t) for t in self.run.tgt_tok.decode([h.tokens for h in hyps])]
                 texts = self._annotate(ids[i], hyps, texts, where, first_line + i)
                 results[i] = [(t, h.score) for t, h in zip(texts, hyps, strict=True)]
@@ -256,6 +272,32 @@ def prefix_ids(
                 f"the {cap} this line's output may have (decode.max_len_a, decode.max_len_b)."
             )
     return forced
+
+
+def constraint_ids(
+    run: LoadedRun,
+    decode: DecodeConfig,
+    ids: list[list[int]],
+    constraints: list[list[str]] | None,
+    where: str,
+    first_line: int,
+) -> list[list[list[int]]] | None:
+    """Target ids of each line's constraint phrases, or None without any.
+
+    A line whose phrases hold more tokens than its output may have is warned about by line: its
+    output then holds as many of them as fit.
+    """
+    if constraints is None or not any(constraints):
+        return None
+    phrases = [run.tgt_tok.encode(normalize(line, run.normalize_form)) for line in constraints]
+    caps = output_caps(run, decode, [len(seq) + 1 for seq in ids])
+    for i, (line, cap) in enumerate(zip(phrases, caps, strict=True)):
+        if sum(map(len, line)) > cap:
+            log.warning(
+                "%s:%d: the constraints have %d tokens, more than the %d this line's output may "
+                "have; not all of them can appear", where, first_line + i, sum(map(len, line)), cap,
+            )  # fmt: skip
+    return phrases
 
 
 def _prefix_tensor(forced: list[list[int]]) -> torch.Tensor | None:
@@ -370,38 +412,54 @@ def translate_files(
     """Stream `inputs` through the translator into `output`; returns the lines translated.
 
     input_format=tsv reads `source<TAB>target prefix` lines; decode.prefix names a file of
-    prefixes, one per input line.
+    prefixes, one per input line, and decode.constraints a file of tab-separated phrases.
     """
     if input_format not in INPUT_FORMATS:
         raise MTError(f"input_format={input_format!r} is not one of {', '.join(INPUT_FORMATS)}.")
-    prefix_file = translator.decode.prefix
-    total = 0
-    with _open_output(output) as out, _prefix_lines(prefix_file) as prefix_lines:
-        for name, first, lines in read_buffers(inputs, translator.decode.buffer_lines):
-            prefixes = None
+    d, total = translator.decode, 0
+    prefix_lines = _SideLines("decode.prefix", d.prefix)
+    constraint_lines = _SideLines("decode.constraints", d.constraints)
+    with _open_output(output) as out:
+        for name, first, lines in read_buffers(inputs, d.buffer_lines):
+            prefixes = prefix_lines.take(len(lines))
             if input_format == "tsv":
                 pairs = [line.split("\t", 1) for line in lines]
                 lines, prefixes = [p[0] for p in pairs], [p[1] if len(p) > 1 else "" for p in pairs]
-            elif prefix_lines is not None:
-                prefixes = [next(prefix_lines, None) for _ in lines]
-                if None in prefixes:
-                    raise MTError(f"decode.prefix {prefix_file} has fewer lines than the input.")
-            results = translator.translate(lines, name, first, prefixes)
-            out.write(_format(results, translator.decode.nbest, first))
+            phrases = constraint_lines.take(len(lines))
+            if phrases is not None:
+                phrases = [[p for p in line.split("\t") if p.strip()] for line in phrases]
+            extra = {} if phrases is None else {"constraints": phrases}
+            results = translator.translate(lines, name, first, prefixes, **extra)
+            out.write(_format(results, d.nbest, first))
             out.flush()
             total += len(lines)
-        if prefix_lines is not None and next(prefix_lines, None) is not None:
-            raise MTError(f"decode.prefix {prefix_file} has more lines than the input.")
+        prefix_lines.check_end()
+        constraint_lines.check_end()
     return total
 
 
-@contextmanager
-def _prefix_lines(path: str | None) -> Iterator[Iterator[str] | None]:
-    """The lines of a prefix file (strictly UTF-8), or None without one."""
-    if path is None:
-        yield None
-        return
-    yield (line for _, _, buffer in read_buffers([path], 2000) for line in buffer)
+class _SideLines:
+    """The lines of a file that goes line by line with the input (decode.prefix, ...)."""
+
+    def __init__(self, key: str, path: str | None) -> None:
+        self.key, self.path = key, path
+        self._lines = None
+        if path is not None:
+            self._lines = (line for _, _, buffer in read_buffers([path], 2000) for line in buffer)
+
+    def take(self, n: int) -> list[str] | None:
+        """The next n lines, or None without a file."""
+        if self._lines is None:
+            return None
+        lines = [next(self._lines, None) for _ in range(n)]
+        if None in lines:
+            raise MTError(f"{self.key} {self.path} has fewer lines than the input.")
+        return lines  # type: ignore[return-value]
+
+    def check_end(self) -> None:
+        """Refuse a file with more lines than the input had."""
+        if self._lines is not None and next(self._lines, None) is not None:
+            raise MTError(f"{self.key} {self.path} has more lines than the input.")
 
 
 ENGINES = ("torch", "ctranslate2")

@@ -80,3 +80,38 @@ def test_no_repeat_ngram_outputs_have_no_repeated_bigram(overfit_loaded, overfit
             ids = overfit_loaded.tgt_tok.encode([hyps[0][0]])[0]
             bigrams = list(zip(ids, ids[1:], strict=False))
             assert len(bigrams) == len(set(bigrams))
+
+
+@pytest.fixture(scope="module")
+def copy_run(tmp_path_factory):
+    """A tiny model trained to copy its input (target = source), 2,000 pairs, 400 steps."""
+    from mt.prepare import run_prepare
+    from mt.train import run_train
+    from tests.conftest import make_pairs, prepare_config, train_config
+
+    root = tmp_path_factory.mktemp("copy")
+    corpus = root / "c"
+    corpus.mkdir()
+    for seed, (split, n) in enumerate({"train": 2000, "valid": 20, "test": 20}.items()):
+        words, _ = make_pairs(n, seed)
+        for side in ("en", "de"):
+            (corpus / f"{split}.{side}").write_text("\n".join(words) + "\n", encoding="utf-8")
+    run_prepare(prepare_config(corpus, root / "data"))
+    steps = ("train.max_steps=400", "train.label_smoothing=0", "train.max_tokens=2048")
+    run_train(train_config(root / "data", root / "run", *steps, "train.lr=5e-3"))
+    return root / "run"
+
+
+def test_alignments_of_a_copy_model_are_the_diagonal(copy_run):
+    from mt.translate import load_run
+    from tests.conftest import make_pairs
+
+    run = load_run(copy_run, None, CPU)
+    decode = DecodeConfig(beam=1, alignment=True, alignment_unit="word")
+    lines, _ = make_pairs(20, 7)  # unseen sentences
+    on_diagonal = links = 0
+    for (text_links, _score), *_ in Translator(run, decode, CPU, "fp32").translate(lines):
+        pairs = [tuple(map(int, link.split("-"))) for link in text_links.split("\t")[1].split()]
+        on_diagonal += sum(i == j for i, j in pairs)
+        links += len(pairs)
+    assert links >= 100 and on_diagonal / links >= 0.9, (on_diagonal, links)

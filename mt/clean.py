@@ -2,13 +2,17 @@
 
 Every split is normalized (strip, collapse whitespace runs, NFC by default). Only the training
 split is filtered (empty, too long, bad length ratio, duplicate); validation and test pairs are
-kept and the pairs a filter would have caught are only counted.
+kept and the pairs a filter would have caught are only counted. A split is cleaned chunk by
+chunk (`SplitCleaner`), so it never has to be in memory whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from mt.config import CleanConfig
 from mt.corpus import Pairs
@@ -60,8 +64,80 @@ def _reason(n_src: int, n_tgt: int, cfg: CleanConfig) -> str | None:
     return None
 
 
+def pair_hashes(src: list[str], tgt: list[str]) -> np.ndarray:
+    """A deterministic 64-bit hash of each pair [N] (uint64).
+
+    blake2b over source bytes, 0xff, target bytes: 0xff never occurs in UTF-8, so no two
+    different pairs hash the same bytes. Two of 5,000,000 distinct pairs share a 64-bit hash
+    with probability about 7e-7.
+    """
+    digests = b"".join(
+        hashlib.blake2b(s.encode() + b"\xff" + t.encode(), digest_size=8).digest()
+        for s, t in zip(src, tgt, strict=True)
+    )
+    return np.frombuffer(digests, dtype="<u8")
+
+
+class SplitCleaner:
+    """Cleans one split chunk by chunk; the counts and the dedup memory carry across chunks.
+
+    Deduplication keeps the first occurrence of a pair. It remembers the pairs kept so far as
+    one sorted array of 64-bit hashes (8 bytes a pair), not as strings.
+    """
+
+    def __init__(self, cfg: CleanConfig, *, filter_pairs: bool) -> None:
+        """`filter_pairs`: True for the training split; False only counts what would drop."""
+        self.cfg, self.filter_pairs = cfg, filter_pairs
+        self.read = self.kept = 0
+        self.counts = dict.fromkeys(REASONS, 0)
+        self.seen = np.zeros(0, dtype=np.uint64)  # sorted hashes of every pair kept so far
+
+    def clean(self, pairs: Pairs) -> Pairs:
+        """The next chunk of the split, normalized and (if filtering) without dropped pairs."""
+        src, tgt = (
+            normalize(pairs.src, self.cfg.normalize),
+            normalize(pairs.tgt, self.cfg.normalize),
+        )
+        # word counts: one C-level count per sentence, no per-token Python work
+        reasons = [
+            _reason(s.count(" ") + 1 if s else 0, t.count(" ") + 1 if t else 0, self.cfg)
+            for s, t in zip(src, tgt, strict=True)
+        ]
+        for reason in reasons:
+            if reason is not None:
+                self.counts[reason] += 1
+        self.read += len(src)
+        if self.filter_pairs:
+            src = [s for s, reason in zip(src, reasons, strict=True) if reason is None]
+            tgt = [t for t, reason in zip(tgt, reasons, strict=True) if reason is None]
+            if self.cfg.dedup:
+                src, tgt = self._dedup(src, tgt)
+        self.kept += len(src)
+        return Pairs(src, tgt)
+
+    def _dedup(self, src: list[str], tgt: list[str]) -> tuple[list[str], list[str]]:
+        """The pairs seen neither earlier in this chunk nor in an earlier chunk."""
+        unique, first = np.unique(pair_hashes(src, tgt), return_index=True)  # sorted hashes
+        pos = np.searchsorted(self.seen, unique)
+        seen = (
+            self.seen[np.minimum(pos, len(self.seen) - 1)] == unique if len(self.seen) else pos < 0
+        )
+        # unique is sorted, so inserting it at its sorted positions keeps `seen` sorted
+        self.seen = np.insert(self.seen, pos[~seen], unique[~seen])
+        keep = np.sort(first[~seen])
+        self.counts["duplicate"] += len(src) - len(keep)
+        return [src[i] for i in keep], [tgt[i] for i in keep]
+
+    def report(self) -> CleanReport:
+        """Counts so far: dropped per reason when filtering, else the flagged ones."""
+        if self.filter_pairs:
+            return CleanReport(self.read, self.kept, dict(self.counts))
+        flagged = {k: v for k, v in self.counts.items() if v}
+        return CleanReport(self.read, self.kept, flagged=flagged)
+
+
 def clean_split(pairs: Pairs, cfg: CleanConfig, *, filter_pairs: bool) -> tuple[Pairs, CleanReport]:
-    """Normalize one split and, if `filter_pairs`, drop the pairs that fail a filter.
+    """Normalize one split held in memory and, if `filter_pairs`, drop the pairs that fail a filter.
 
     Args:
         pairs: raw aligned sentences.
@@ -71,28 +147,5 @@ def clean_split(pairs: Pairs, cfg: CleanConfig, *, filter_pairs: bool) -> tuple[
     Returns:
         The cleaned pairs and a report of kept and dropped (or flagged) counts per reason.
     """
-    src, tgt = normalize(pairs.src, cfg.normalize), normalize(pairs.tgt, cfg.normalize)
-    # word counts: one C-level split per sentence, no per-token Python work
-    reasons = [
-        _reason(s.count(" ") + 1 if s else 0, t.count(" ") + 1 if t else 0, cfg)
-        for s, t in zip(src, tgt, strict=True)
-    ]
-    counts = dict.fromkeys(REASONS, 0)
-    for reason in reasons:
-        if reason is not None:
-            counts[reason] += 1
-    if not filter_pairs:
-        report = CleanReport(len(src), len(src), flagged={k: v for k, v in counts.items() if v})
-        return Pairs(src, tgt), report
-    kept_src, kept_tgt, seen = [], [], set()
-    for s, t, reason in zip(src, tgt, reasons, strict=True):
-        if reason is not None:
-            continue
-        if cfg.dedup:
-            if (s, t) in seen:
-                counts["duplicate"] += 1
-                continue
-            seen.add((s, t))
-        kept_src.append(s)
-        kept_tgt.append(t)
-    return Pairs(kept_src, kept_tgt), CleanReport(len(src), len(kept_src), counts)
+    cleaner = SplitCleaner(cfg, filter_pairs=filter_pairs)
+    return cleaner.clean(pairs), cleaner.report()

@@ -1,5 +1,6 @@
 """Raw parallel text in: local files (aligned text, TSV, JSONL; optionally gzipped) or the hub.
 
+Every split is read as a stream of chunks, so a corpus larger than memory can be cleaned.
 Local files are read strictly: bytes that are not UTF-8, a malformed line or mismatched line
 counts raise MTError naming the file and line. Hub datasets (and local dataset folders) go
 through `datasets.load_dataset`, in both the two-column and the `translation`-dict layouts.
@@ -11,11 +12,22 @@ import gzip
 import hashlib
 import json
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 from mt.config import DataConfig
 from mt.errors import MTError
+
+CHUNK = 100_000
+"""Pairs per chunk when a split is streamed."""
+BLOCK = 1 << 24
+"""Bytes read from a file at a time (16 MiB)."""
+
+T = TypeVar("T")
 
 
 def file_sha256(path: Path) -> str:
@@ -29,7 +41,7 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class Pairs:
-    """Aligned source and target sentences of one split."""
+    """Aligned source and target sentences of one split (or of a chunk of it)."""
 
     src: list[str]
     tgt: list[str]
@@ -60,17 +72,51 @@ class InputFile:
 
 @dataclass
 class Corpus:
-    """Every split of a corpus, plus the inputs that produced it."""
+    """Every split of a corpus in memory, plus the inputs that produced it."""
 
     splits: dict[str, Pairs]
     inputs: list[InputFile] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class CorpusReader:
+    """Every split of a corpus as a stream of chunks, read when asked for, plus its inputs.
+
+    `readers` maps a split to a function of the chunk size that starts reading it afresh.
+    """
+
+    readers: dict[str, Callable[[int], Iterator[Pairs]]]
+    inputs: list[InputFile] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    def chunks(self, split: str, size: int = CHUNK) -> Iterator[Pairs]:
+        """The pairs of `split`, `size` at a time (the last chunk may be shorter)."""
+        return self.readers[split](size)
+
+    def load(self) -> Corpus:
+        """Every split in memory: for small corpora."""
+        splits = {}
+        for split in self.readers:
+            src, tgt = [], []
+            for chunk in self.chunks(split):
+                src += chunk.src
+                tgt += chunk.tgt
+            splits[split] = Pairs(src, tgt)
+        return Corpus(splits, self.inputs, self.fingerprints)
+
+
 def split_names(data: DataConfig) -> dict[str, str]:
     """Map our split names (train/valid/test) to the corpus' names, skipping unset ones."""
     names = {"train": data.train, "valid": data.valid, "test": data.test}
     return {ours: theirs for ours, theirs in names.items() if theirs}
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` consecutive items (the last may be shorter)."""
+    items = iter(items)
+    while batch := list(islice(items, size)):
+        yield batch
 
 
 # ---------------------------------------------------------------- local files
@@ -121,55 +167,103 @@ def local_files(data: DataConfig) -> dict[str, list[Path]]:
     return files
 
 
-def read_lines(path: Path) -> list[str]:
-    """All lines of a UTF-8 text file (gzip if it ends in .gz), without line endings."""
+def _decode(path: Path, raw: bytes, lines_before: int) -> str:
+    """`raw` (whole lines of `path`, after `lines_before` lines) as text; MTError names the line."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise MTError(f"cannot read {path}: {exc}.") from None
-    try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
+        line = lines_before + raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise MTError(
             f"{path}:{line}: byte 0x{raw[exc.start]:02x} at column {column} is not valid UTF-8."
         ) from None
-    text = text.removeprefix("\ufeff")
-    if text.endswith("\n"):
-        text = text[:-1]
-    # split on "\n" only: str.splitlines() would also break at U+2028, \x1c, \r ... inside a line
-    return text.split("\n") if text else []
 
 
-def _read_text_pair(src_path: Path, tgt_path: Path) -> Pairs:
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise MTError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
-            "aligned files need one line per sentence pair."
-        )
-    return Pairs(src, tgt)
+def _raw_blocks(path: Path) -> Iterator[bytes]:
+    """The bytes of a file (gunzipped if it ends in .gz), cut after a newline where one is near."""
+    try:
+        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as f:
+            carry = b""
+            while block := f.read(BLOCK):
+                block = carry + block
+                cut = block.rfind(b"\n") + 1  # a "\n" byte never sits inside a UTF-8 sequence
+                carry = block[cut:]
+                if cut:
+                    yield block[:cut]
+            if carry:
+                yield carry
+    except (OSError, EOFError, zlib.error) as exc:
+        raise MTError(f"cannot read {path}: {exc}.") from None
 
 
-def _read_tsv(path: Path, data: DataConfig) -> Pairs:
-    lines = read_lines(path)
-    columns, first = data.tsv_columns, 1
+def iter_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file (gzip if it ends in .gz), read block by block.
+
+    Line endings are dropped, and so is a byte-order mark at the start. Lines end at "\\n"
+    only: str.splitlines() would also break at U+2028, \\x1c, \\r ... inside a line.
+    """
+    lines_before, held = 0, False
+    for raw in _raw_blocks(path):
+        text = _decode(path, raw, lines_before)
+        if lines_before == 0:
+            text = text.removeprefix("\ufeff")
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
+        if held:  # something follows the first line: it was an empty line after all
+            yield ""
+        # a file that is a lone "\n" has no lines (as when files were read whole): hold it
+        held = lines_before == 0 and lines == [""]
+        if not held:
+            yield from lines
+        lines_before += len(lines)
+
+
+def read_lines(path: Path) -> list[str]:
+    """All lines of a UTF-8 text file (gzip if it ends in .gz), without line endings."""
+    return list(iter_lines(path))
+
+
+def _text_chunks(src_path: Path, tgt_path: Path, size: int) -> Iterator[Pairs]:
+    src_lines, tgt_lines = iter_lines(src_path), iter_lines(tgt_path)
+    done = 0
+    while True:
+        src, tgt = list(islice(src_lines, size)), list(islice(tgt_lines, size))
+        if len(src) != len(tgt):
+            n_src = done + len(src) + sum(1 for _ in src_lines)
+            n_tgt = done + len(tgt) + sum(1 for _ in tgt_lines)
+            raise MTError(
+                f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}; "
+                "aligned files need one line per sentence pair."
+            )
+        if not src:
+            return
+        done += len(src)
+        yield Pairs(src, tgt)
+
+
+def _tsv_chunks(path: Path, data: DataConfig, size: int) -> Iterator[Pairs]:
+    lines = iter_lines(path)
+    columns, number = data.tsv_columns, 1
     if columns is None:
-        if not lines:
+        header = next(lines, None)
+        if header is None:
             raise MTError(f"{path} is empty: expected a header row naming the languages.")
-        columns, lines, first = lines[0].strip().split("\t"), lines[1:], 2
+        columns, number = header.strip().split("\t"), 2
     for lang in (data.src, data.tgt):
         if lang not in columns:
             raise MTError(f"{path}: no column '{lang}' among {columns} (set data.tsv_columns).")
     i_src, i_tgt = columns.index(data.src), columns.index(data.tgt)
-    rows = [line.split("\t") for line in lines]
-    for number, row in enumerate(rows, start=first):
-        if len(row) != len(columns):
-            raise MTError(
-                f"{path}:{number}: expected {len(columns)} tab-separated fields, found {len(row)}."
-            )
-    return Pairs([r[i_src] for r in rows], [r[i_tgt] for r in rows])
+    for batch in _batched(lines, size):
+        rows = [line.split("\t") for line in batch]
+        for row in rows:
+            if len(row) != len(columns):
+                raise MTError(
+                    f"{path}:{number}: expected {len(columns)} tab-separated fields, "
+                    f"found {len(row)}."
+                )
+            number += 1
+        yield Pairs([r[i_src] for r in rows], [r[i_tgt] for r in rows])
 
 
 def _jsonl_pair(path: Path, number: int, line: str, src: str, tgt: str) -> tuple[str, str]:
@@ -187,34 +281,36 @@ def _jsonl_pair(path: Path, number: int, line: str, src: str, tgt: str) -> tuple
     return record[src], record[tgt]
 
 
-def _read_jsonl(path: Path, data: DataConfig) -> Pairs:
-    pairs = [
+def _jsonl_chunks(path: Path, data: DataConfig, size: int) -> Iterator[Pairs]:
+    pairs = (
         _jsonl_pair(path, number, line, data.src, data.tgt)
-        for number, line in enumerate(read_lines(path), start=1)
+        for number, line in enumerate(iter_lines(path), start=1)
         if line.strip()
-    ]
-    return Pairs([s for s, _ in pairs], [t for _, t in pairs])
+    )
+    for batch in _batched(pairs, size):
+        yield Pairs([s for s, _ in batch], [t for _, t in batch])
 
 
-def load_local(data: DataConfig, files: dict[str, list[Path]]) -> Corpus:
-    """Read every split from local files (see `local_files`)."""
+def open_local(data: DataConfig, files: dict[str, list[Path]]) -> CorpusReader:
+    """Every split of local files (see `local_files`), read when its chunks are asked for."""
     fmt = detect_format(data)
-    splits: dict[str, Pairs] = {}
+    readers: dict[str, Callable[[int], Iterator[Pairs]]] = {}
     for split, paths in files.items():
         if fmt == "text":
-            splits[split] = _read_text_pair(paths[0], paths[1])
+            readers[split] = partial(_text_chunks, paths[0], paths[1])
         elif fmt == "tsv":
-            splits[split] = _read_tsv(paths[0], data)
+            readers[split] = partial(_tsv_chunks, paths[0], data)
         else:
-            splits[split] = _read_jsonl(paths[0], data)
+            readers[split] = partial(_jsonl_chunks, paths[0], data)
     inputs = [InputFile.stat(p) for paths in files.values() for p in paths]
-    return Corpus(splits, inputs)
+    return CorpusReader(readers, inputs)
 
 
 # ---------------------------------------------------------------- hub
 
 
-def _hub_pairs(ds: object, data: DataConfig, split: str) -> Pairs:
+def _hub_columns(ds: object, data: DataConfig, split: str) -> tuple[object, list[str]]:
+    """The dataset with the two language columns at top level, and their names."""
     columns = list(ds.column_names)  # type: ignore[attr-defined]
     if "translation" in columns:
         flat = ds.flatten()  # type: ignore[attr-defined]
@@ -228,14 +324,22 @@ def _hub_pairs(ds: object, data: DataConfig, split: str) -> Pairs:
                 f"dataset {data.hub_id} split '{split}' has no column '{column}' "
                 f"(columns: {', '.join(columns)})."
             )
-    return Pairs(list(flat[wanted[0]]), list(flat[wanted[1]]))
+    return flat.select_columns(wanted), wanted  # type: ignore[attr-defined]
 
 
-def load_hub(data: DataConfig) -> Corpus:
-    """Load every split with `datasets.load_dataset(hub_id, hub_config, split=...)`."""
+def _hub_chunks(ds: object, wanted: list[str], size: int) -> Iterator[Pairs]:
+    for batch in ds.iter(batch_size=size):  # type: ignore[attr-defined]
+        yield Pairs(list(batch[wanted[0]]), list(batch[wanted[1]]))
+
+
+def open_hub(data: DataConfig) -> CorpusReader:
+    """Open every split with `datasets.load_dataset(hub_id, hub_config, split=...)`.
+
+    The datasets stay memory-mapped Arrow tables; their rows become strings chunk by chunk.
+    """
     import datasets
 
-    splits: dict[str, Pairs] = {}
+    readers: dict[str, Callable[[int], Iterator[Pairs]]] = {}
     fingerprints: dict[str, str] = {}
     for split, name in split_names(data).items():
         try:
@@ -245,13 +349,18 @@ def load_hub(data: DataConfig) -> Corpus:
             raise MTError(f"cannot load split '{name}' of dataset {data.hub_id}: {first}") from None
         except (OSError, ConnectionError) as exc:
             raise MTError(f"cannot load dataset {data.hub_id} from the hub: {exc}") from None
-        splits[split] = _hub_pairs(ds, data, name)
+        readers[split] = partial(_hub_chunks, *_hub_columns(ds, data, name))
         fingerprints[split] = ds._fingerprint
-    return Corpus(splits, fingerprints=fingerprints)
+    return CorpusReader(readers, fingerprints=fingerprints)
+
+
+def open_corpus(data: DataConfig) -> CorpusReader:
+    """Open every split of the configured corpus, from the hub or from local files."""
+    if data.hub_id:
+        return open_hub(data)
+    return open_local(data, local_files(data))
 
 
 def load_corpus(data: DataConfig) -> Corpus:
-    """Load every split of the configured corpus, from the hub or from local files."""
-    if data.hub_id:
-        return load_hub(data)
-    return load_local(data, local_files(data))
+    """Load every split of the configured corpus into memory (small corpora)."""
+    return open_corpus(data).load()

@@ -3,32 +3,38 @@
 The output folder holds the SentencePiece model(s), the binarized splits (see `mt.shards`) and
 `manifest.json`, written last, which records counts, drops, lengths, hashes and the resolved
 config. Re-running with the same inputs and config reuses the folder ("up to date").
+Text streams through in chunks (cleaned lines wait in files in the build folder), so memory
+does not grow with the corpus beyond its token arrays and SentencePiece's sample.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 from mt import __version__
-from mt.clean import CleanReport, clean_split
+from mt.clean import CleanReport, SplitCleaner
 from mt.config import PrepareConfig, validate_prepare
-from mt.corpus import Corpus, InputFile, Pairs, load_hub, load_local, local_files
+from mt.corpus import CorpusReader, InputFile, Pairs, iter_lines, local_files, open_hub, open_local
 from mt.errors import MTError
 from mt.manifest import FORMAT, Manifest, Vocab, read_manifest
-from mt.shards import flatten, token_dtype, write_shard
+from mt.shards import SIDES, flatten, token_dtype, write_shard
 from mt.tokenizer import Tokenizer, train_sentencepiece
 
-ENCODE_CHUNK = 100_000
+CLEAN_CHUNK = 100_000  # pairs read and cleaned at a time
+ENCODE_CHUNK = 100_000  # lines encoded at a time
+TEXT = "text"  # build subfolder of cleaned line files; removed before the output is installed
 
 log = logging.getLogger("mt.prepare")
 
@@ -74,27 +80,58 @@ def _up_to_date(manifest: Manifest | None, cfg: PrepareConfig, files: list[Path]
     return _same_inputs(manifest.source.get("files", []), files)
 
 
-def _clean(corpus: Corpus, cfg: PrepareConfig) -> tuple[dict[str, Pairs], dict[str, CleanReport]]:
-    cleaned, reports = {}, {}
-    for split, pairs in corpus.splits.items():
+def _first(chunks: Iterator[Pairs], n: int) -> Iterator[Pairs]:
+    """The first `n` pairs of `chunks`. The rest is still read, so a bad line there still fails."""
+    for chunk in chunks:
+        if n > 0:
+            yield Pairs(chunk.src[:n], chunk.tgt[:n])
+        n -= len(chunk)
+
+
+def _write_lines(f: TextIO, lines: list[str]) -> None:
+    # a cleaned line holds no "\n": normalization turned every whitespace run into one space
+    if lines:
+        f.write("\n".join(lines) + "\n")
+
+
+def _clean_to(chunks: Iterator[Pairs], cleaner: SplitCleaner, text: Path, split: str) -> None:
+    """Clean a split chunk by chunk into the line files `text/{split}.src` and `.tgt`."""
+    with (
+        open(text / f"{split}.src", "w", encoding="utf-8", newline="\n") as f_src,
+        open(text / f"{split}.tgt", "w", encoding="utf-8", newline="\n") as f_tgt,
+    ):
+        for chunk in chunks:
+            kept = cleaner.clean(chunk)
+            _write_lines(f_src, kept.src)
+            _write_lines(f_tgt, kept.tgt)
+
+
+def _read_clean(corpus: CorpusReader, cfg: PrepareConfig, text: Path) -> dict[str, CleanReport]:
+    """Read and clean every split in one streaming pass into line files under `text`."""
+    text.mkdir()
+    reports = {}
+    for split in corpus.readers:
+        chunks = corpus.chunks(split, CLEAN_CHUNK)
         if split == "train" and cfg.data.max_train_pairs is not None:
-            n = cfg.data.max_train_pairs
-            pairs = Pairs(pairs.src[:n], pairs.tgt[:n])
-        cleaned[split], reports[split] = clean_split(
-            pairs, cfg.clean, filter_pairs=split == "train"
-        )
-    if len(cleaned["train"]) == 0:
+            chunks = _first(chunks, cfg.data.max_train_pairs)
+        cleaner = SplitCleaner(cfg.clean, filter_pairs=split == "train")
+        _clean_to(chunks, cleaner, text, split)
+        reports[split] = cleaner.report()
+    if reports["train"].kept == 0:
         dropped = ", ".join(f"{k} {v}" for k, v in reports["train"].dropped.items() if v)
         raise MTError(
             f"the training split is empty after cleaning ({reports['train'].read} pairs read"
             + (f"; dropped: {dropped}" if dropped else "")
             + ")."
         )
-    return cleaned, reports
+    return reports
 
 
-def _train_spm(train: Pairs, cfg: PrepareConfig, build: Path, threads: int) -> dict[str, str]:
-    """Train the joint model or one per side; returns side -> model file name."""
+def _train_spm(text: Path, cfg: PrepareConfig, build: Path, threads: int) -> dict[str, str]:
+    """Train the joint model or one per side; returns side -> model file name.
+
+    The sentences stream from the cleaned training line files: source lines, then target.
+    """
     opts = dict(
         vocab_size=cfg.spm.vocab_size,
         model_type=cfg.spm.model_type,
@@ -105,11 +142,14 @@ def _train_spm(train: Pairs, cfg: PrepareConfig, build: Path, threads: int) -> d
         seed=cfg.seed,
         threads=threads,
     )
+    src, tgt = text / "train.src", text / "train.tgt"
     if cfg.spm.joint:
-        train_sentencepiece(train.src + train.tgt, build / "spm", **opts)
+        train_sentencepiece(
+            itertools.chain(iter_lines(src), iter_lines(tgt)), build / "spm", **opts
+        )
         return {"src": "spm.model", "tgt": "spm.model"}
-    for lang, lines in ((cfg.data.src, train.src), (cfg.data.tgt, train.tgt)):
-        train_sentencepiece(lines, build / f"spm.{lang}", **opts)
+    for lang, path in ((cfg.data.src, src), (cfg.data.tgt, tgt)):
+        train_sentencepiece(iter_lines(path), build / f"spm.{lang}", **opts)
     return {"src": f"spm.{cfg.data.src}.model", "tgt": f"spm.{cfg.data.tgt}.model"}
 
 
@@ -124,22 +164,31 @@ def _length_stats(lengths: np.ndarray) -> dict[str, float]:
     }
 
 
+def _encoded_chunks(
+    tok: Tokenizer, path: Path, threads: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(tokens, lengths) of the lines of `path`, ENCODE_CHUNK lines at a time."""
+    dtype = token_dtype(tok.vocab_size)
+    lines = iter_lines(path)
+    while chunk := list(itertools.islice(lines, ENCODE_CHUNK)):
+        yield flatten(tok.encode(chunk, threads), dtype)
+
+
 def _encode(
-    splits: dict[str, Pairs], models: dict[str, str], build: Path, threads: int
+    text: Path, splits: list[str], models: dict[str, str], build: Path, threads: int
 ) -> dict[str, Any]:
-    """Encode every split on `threads` threads into shards; returns per-split length stats."""
+    """Encode every split's line files on `threads` threads into shards; returns length stats.
+
+    Lines are read ENCODE_CHUNK at a time; only a side's token arrays are held whole.
+    """
     tokenizers = {side: Tokenizer(build / name) for side, name in models.items()}
     stats: dict[str, Any] = {}
-    for split, pairs in splits.items():
-        stats[split] = {"pairs": len(pairs)}
-        for side, lines in (("src", pairs.src), ("tgt", pairs.tgt)):
-            tok = tokenizers[side]
-            dtype = token_dtype(tok.vocab_size)
-            chunks = [
-                flatten(tok.encode(lines[i : i + ENCODE_CHUNK], threads), dtype)
-                for i in range(0, len(lines), ENCODE_CHUNK)
-            ]
-            stats[split][side] = _length_stats(write_shard(build, split, side, chunks))
+    for split in splits:
+        stats[split] = {"pairs": 0}
+        for side in SIDES:
+            chunks = _encoded_chunks(tokenizers[side], text / f"{split}.{side}", threads)
+            lengths = write_shard(build, split, side, chunks)
+            stats[split].update({"pairs": len(lengths), side: _length_stats(lengths)})
     return stats
 
 
@@ -162,17 +211,21 @@ def _print_report(reports: dict[str, CleanReport], out: Path, manifest: Manifest
         print(f"{split:<6} {r.read:>9,} {r.kept:>9,}  {detail}")
     t = manifest.timings_s
     print(
-        f"wrote {out}: vocab {manifest.spm.vocab_size}, "
-        f"clean {t['clean']:.1f}s, sentencepiece {t['spm']:.1f}s, encode {t['encode']:.1f}s"
+        f"wrote {out}: vocab {manifest.spm.vocab_size}, read+clean {t['read_clean']:.1f}s, "
+        f"sentencepiece {t['spm']:.1f}s, encode {t['encode']:.1f}s"
     )
 
 
-def _load(cfg: PrepareConfig, files: dict[str, list[Path]] | None) -> Corpus:
-    return load_hub(cfg.data) if files is None else load_local(cfg.data, files)
+def _open(cfg: PrepareConfig, files: dict[str, list[Path]] | None) -> CorpusReader:
+    return open_hub(cfg.data) if files is None else open_local(cfg.data, files)
 
 
 def run_prepare(cfg: PrepareConfig) -> Manifest:
-    """Build (or reuse) the data folder `cfg.out_dir`; returns its manifest."""
+    """Build (or reuse) the data folder `cfg.out_dir`; returns its manifest.
+
+    The text streams: read+clean writes cleaned lines to files in the build folder,
+    SentencePiece and the encoder read them back, so no split is ever held as strings.
+    """
     validate_prepare(cfg)
     out = Path(cfg.out_dir)
     old = _check_out_dir(out)
@@ -184,24 +237,24 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
     threads = cfg.workers or os.cpu_count() or 1
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    corpus = _load(cfg, files)
+    corpus = _open(cfg, files)
     if files is None and not cfg.force and old and old.config_hash == _config_hash(cfg):
         if old.source.get("fingerprints") == corpus.fingerprints:
             print(f"{out} is up to date (same dataset and settings); force=true rebuilds it.")
             return old
-    timings["load"] = time.perf_counter() - start
-    splits, reports = _clean(corpus, cfg)
-    corpus.splits.clear()  # the raw text is not needed again: free it before SentencePiece
-    timings["clean"] = time.perf_counter() - start - timings["load"]
     build = out.parent / f".{out.name}.build-{os.getpid()}"
     build.mkdir(parents=True)
+    text = build / TEXT
     try:
+        reports = _read_clean(corpus, cfg, text)
+        timings["read_clean"] = time.perf_counter() - start
         mark = time.perf_counter()
-        models = _train_spm(splits["train"], cfg, build, threads)
+        models = _train_spm(text, cfg, build, threads)
         timings["spm"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        stats = _encode(splits, models, build, threads)
+        stats = _encode(text, list(reports), models, build, threads)
         timings["encode"] = time.perf_counter() - mark
+        shutil.rmtree(text)  # the cleaned lines are not part of the output
         manifest = _manifest(cfg, corpus, reports, stats, models, build, timings)
         _install(build, out, old, manifest)
     finally:
@@ -212,7 +265,7 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
 
 def _manifest(
     cfg: PrepareConfig,
-    corpus: Corpus,
+    corpus: CorpusReader,
     reports: dict[str, CleanReport],
     stats: dict[str, Any],
     models: dict[str, str],

@@ -8,6 +8,7 @@ tokens[offsets[i]:offsets[i+1]]. No bos/eos are stored.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +34,35 @@ def flatten(ids: list[list[int]], dtype: np.dtype) -> tuple[np.ndarray, np.ndarr
     return tokens, lengths
 
 
-def write_shard(folder: Path, split: str, side: str, chunks: list[tuple[np.ndarray, np.ndarray]]):
-    """Write one split side from (tokens, lengths) chunks; returns the lengths [N]."""
-    tokens = np.concatenate([t for t, _ in chunks]) if chunks else np.zeros(0, np.uint16)
-    lengths = np.concatenate([n for _, n in chunks]) if chunks else np.zeros(0, np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+def write_shard(
+    folder: Path, split: str, side: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Write one split side from (tokens, lengths) chunks; returns the lengths [N].
+
+    The token chunks go to the .npy file one after the other, never concatenated in memory:
+    the file is the one `np.save` writes of their concatenation.
+    """
+    tokens: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    for chunk_tokens, chunk_lengths in chunks:
+        tokens.append(chunk_tokens)
+        lengths.append(chunk_lengths)
+    dtype = tokens[0].dtype if tokens else np.dtype(np.uint16)
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(all_lengths) + 1, dtype=np.int64)
+    np.cumsum(all_lengths, out=offsets[1:])
     tokens_path, offsets_path = shard_paths(folder, split, side)
-    np.save(tokens_path, tokens)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": (sum(len(t) for t in tokens),),
+    }
+    with open(tokens_path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk_tokens in tokens:
+            f.write(np.ascontiguousarray(chunk_tokens, dtype=dtype).data)
     np.save(offsets_path, offsets)
-    return lengths
+    return all_lengths
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -18,7 +18,7 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
 def train_sentencepiece(
-    sentences: Sequence[str],
+    sentences: Iterable[str],
     model_prefix: Path,
     *,
     vocab_size: int,
@@ -26,11 +26,14 @@ def train_sentencepiece(
     character_coverage: float = 1.0,
     byte_fallback: bool = True,
     user_defined_symbols: Sequence[str] = (),
-    input_sentence_size: int = 2_000_000,
+    input_sentence_size: int = 1_000_000,
     seed: int = 1,
     threads: int = 1,
 ) -> Path:
     """Train a SentencePiece model on already-normalized sentences; returns the .model path.
+
+    `sentences` may be any iterable (a generator over files): SentencePiece pulls them one
+    at a time and keeps a uniform sample of `input_sentence_size`, so Python holds none.
 
     Normalization is the identity: text arrives cleaned (NFC, single spaces), so that decoding
     an encoded sentence gives back exactly the cleaned text. `vocab_size` is an upper bound:

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+import mt.corpus as corpus_module
 from mt.config import DataConfig
-from mt.corpus import load_corpus, read_lines
+from mt.corpus import Pairs, load_corpus, open_corpus, read_lines
 from mt.errors import MTError
 
 
@@ -111,3 +112,63 @@ def test_bad_tsv_and_jsonl_lines_are_located(tmp_path):
     _write(tmp_path / "train.jsonl", [json.dumps({"en": "a", "de": "x"}), "{not json"])
     with pytest.raises(MTError, match=r"train\.jsonl:2: not valid JSON"):
         load_corpus(_data(tmp_path, valid=None))
+
+
+def _chunks(data: DataConfig, split: str, size: int) -> list[Pairs]:
+    return list(open_corpus(data).chunks(split, size))
+
+
+def test_text_streams_in_chunks_across_small_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_module, "BLOCK", 5)  # many reads per file, lines cut across them
+    src = [f"sentence {i}" for i in range(23)]
+    tgt = [f"Satz {i} ü" for i in range(23)]
+    _write(tmp_path / "train.en", src)
+    with gzip.open(tmp_path / "train.de.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(tgt) + "\n")
+    chunks = _chunks(_data(tmp_path, valid=None), "train", 10)
+    assert [len(c) for c in chunks] == [10, 10, 3]
+    assert sum((c.src for c in chunks), []) == src
+    assert sum((c.tgt for c in chunks), []) == tgt
+    assert read_lines(tmp_path / "train.de.gz") == tgt
+
+
+def test_mismatch_found_in_a_later_chunk_names_both_full_counts(tmp_path):
+    _write(tmp_path / "train.en", [str(i) for i in range(25)])
+    _write(tmp_path / "train.de", [str(i) for i in range(21)])
+    with pytest.raises(MTError, match=r"train\.en has 25 lines but .*train\.de has 21"):
+        _chunks(_data(tmp_path, valid=None), "train", 10)
+
+
+def test_invalid_utf8_in_a_later_block_names_file_line_and_column(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_module, "BLOCK", 8)
+    (tmp_path / "f.gz").write_bytes(gzip.compress(b"one\ntwo\nthree\nfour \xc3x\n"))
+    with pytest.raises(MTError, match=r"f\.gz:4: byte 0xc3 at column 6 is not valid UTF-8"):
+        read_lines(tmp_path / "f.gz")
+
+
+def test_streamed_lines_keep_the_whole_file_rules(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_module, "BLOCK", 2)
+    cases = {b"": [], b"\n": [], b"\n\n": ["", ""], b"\xef\xbb\xbfa\nb": ["a", "b"]}
+    for raw, lines in cases.items():
+        (tmp_path / "f").write_bytes(raw)
+        assert read_lines(tmp_path / "f") == lines, raw
+
+
+def test_tsv_and_jsonl_line_numbers_count_across_chunks(tmp_path):
+    _write(tmp_path / "train.tsv", ["en\tde"] + ["a\tx"] * 6 + ["only one field"])
+    with pytest.raises(MTError, match=r"train\.tsv:8: expected 2 tab-separated fields"):
+        _chunks(_data(tmp_path, valid=None), "train", 3)
+    (tmp_path / "train.tsv").unlink()
+    good = json.dumps({"en": "a", "de": "x"})
+    _write(tmp_path / "train.jsonl", [good, "", good, good, good, "{not json"])
+    with pytest.raises(MTError, match=r"train\.jsonl:6: not valid JSON"):
+        _chunks(_data(tmp_path, valid=None), "train", 2)
+
+
+def test_hub_streams_in_batches(tmp_path):
+    rows = [json.dumps({"translation": {"en": f"a{i}", "de": f"x{i}"}}) for i in range(7)]
+    _write(tmp_path / "train.jsonl", rows)
+    data = DataConfig(hub_id=str(tmp_path), train="train", valid=None, test=None)
+    chunks = _chunks(data, "train", 3)
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert chunks[2].src == ["a6"] and chunks[2].tgt == ["x6"]

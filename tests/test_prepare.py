@@ -1,9 +1,15 @@
 import dataclasses
+import gzip
 import json
 import os
 
 import pytest
 
+import mt.corpus as corpus_module
+import mt.prepare as prepare_module
+from mt.clean import clean_split
+from mt.config import CleanConfig, DataConfig
+from mt.corpus import Pairs, load_corpus
 from mt.errors import MTError
 from mt.prepare import run_prepare
 from mt.shards import Shard
@@ -101,3 +107,55 @@ def test_corpus_empty_after_cleaning_is_an_error(tmp_path):
     with pytest.raises(MTError, match=r"training split is empty after cleaning.*empty 3"):
         run_prepare(prepare_config(corpus, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def _outputs(folder):
+    """Every output file's bytes but the manifest and the model (which names its build path)."""
+    skip = {"manifest.json", "spm.model"}
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name not in skip}
+
+
+def _with_repeats(corpus_dir):
+    """Append the first 40 training pairs again, so duplicates sit in later chunks."""
+    for lang in ("en", "de"):
+        path = corpus_dir / f"train.{lang}"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        path.write_text("\n".join(lines + lines[:40]) + "\n", encoding="utf-8")
+
+
+def test_streaming_in_small_chunks_gives_the_same_output(corpus_dir, tmp_path, monkeypatch):
+    _with_repeats(corpus_dir)
+    whole = run_prepare(prepare_config(corpus_dir, tmp_path / "whole"))
+    monkeypatch.setattr(prepare_module, "CLEAN_CHUNK", 7)
+    monkeypatch.setattr(prepare_module, "ENCODE_CHUNK", 11)
+    monkeypatch.setattr(corpus_module, "BLOCK", 64)
+    chunked = run_prepare(prepare_config(corpus_dir, tmp_path / "chunked"))
+    assert chunked.cleaning == whole.cleaning and chunked.splits == whole.splits
+    assert _outputs(tmp_path / "chunked") == _outputs(tmp_path / "whole")
+    # and both report what cleaning the split held whole in memory reports
+    train = load_corpus(DataConfig(path=str(corpus_dir))).splits["train"]
+    _, report = clean_split(train, CleanConfig(), filter_pairs=True)
+    assert chunked.cleaning["train"] == dataclasses.asdict(report)
+    assert report.read == 340 and report.dropped["duplicate"] >= 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked", "corpus", "whole"]
+    assert "text" not in chunked.files
+
+
+def test_gzipped_corpus_streams_to_the_same_output(corpus_dir, tmp_path):
+    plain = run_prepare(prepare_config(corpus_dir, tmp_path / "plain"))
+    for path in list(corpus_dir.iterdir()):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    zipped = run_prepare(prepare_config(corpus_dir, tmp_path / "zipped"))
+    assert zipped.cleaning == plain.cleaning and zipped.splits == plain.splits
+    assert _outputs(tmp_path / "zipped") == _outputs(tmp_path / "plain")
+
+
+def test_max_train_pairs_across_chunks(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_module, "CLEAN_CHUNK", 7)
+    manifest = run_prepare(prepare_config(corpus_dir, tmp_path / "out", "data.max_train_pairs=50"))
+    assert manifest.cleaning["train"]["read"] == 50
+    train = load_corpus(DataConfig(path=str(corpus_dir))).splits["train"]
+    _, report = clean_split(Pairs(train.src[:50], train.tgt[:50]), CleanConfig(), filter_pairs=True)
+    assert manifest.cleaning["train"] == dataclasses.asdict(report)
+    assert manifest.pairs("train") == report.kept

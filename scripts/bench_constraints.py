@@ -1,0 +1,107 @@
+"""What lexical constraints cost and give on Multi30k test2016, with a trained run.
+
+    python scripts/bench_constraints.py --run-dir runs/multi30k_en_de [--beam 5]
+
+Translates test2016 without constraints, then constrains each line to one reference word the
+unconstrained output missed (the longest such word; lines that missed none stay free), as in
+the terminology evaluations of Post & Vilar (2018). Prints sentences/s (median of 3 passes,
+batches of 64), sacreBLEU, and the share of constraints met in the output text; the last line
+is one JSON object. The constraints file is written next to the outputs (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import string
+import time
+from pathlib import Path
+
+import sacrebleu
+import torch
+
+from mt.config import DecodeConfig
+from mt.translate import Translator, load_run
+
+CPU = torch.device("cpu")
+PUNCTUATION = string.punctuation + "„“”«»‚‘’"
+
+
+def _test2016(corpus: Path) -> tuple[list[str], list[str]]:
+    sides = []
+    for lang in ("en", "de"):
+        with gzip.open(corpus / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
+            sides.append(f.read().splitlines())
+    return sides[0], sides[1]
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip(PUNCTUATION) for w in text.split() if w.strip(PUNCTUATION)]
+
+
+def missed_word(hyp: str, ref: str) -> str:
+    """The longest reference word (2+ characters) that is not a word of the output, or ""."""
+    present = set(_words(hyp))
+    missing = [w for w in _words(ref) if w not in present and len(w) >= 2]
+    return max(missing, key=len, default="")
+
+
+def _timed(translator: Translator, src: list[str], **kwargs) -> tuple[float, list[str]]:
+    """Median of 3 passes after a warm-up batch; returns seconds and the best outputs."""
+    translator.translate(src[:64], **{k: v[:64] for k, v in kwargs.items()})
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        hyps = [h[0][0] if h else "" for h in translator.translate(src, **kwargs)]
+        times.append(time.perf_counter() - start)
+    return sorted(times)[1], hyps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/mt-bench-constraints"))
+    default_corpus = os.environ.get("MT_MULTI30K", "../shared/data/multi30k")
+    parser.add_argument("--multi30k", type=Path, default=Path(default_corpus))
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{torch.backends.cpu.get_cpu_capability()}, beam {args.beam}")  # fmt: skip
+    src, ref = _test2016(args.multi30k)
+    run = load_run(args.run_dir, None, CPU)
+    translator = Translator(run, DecodeConfig(beam=args.beam, batch_size=64), CPU, "fp32")
+    free_s, free = _timed(translator, src)
+    terms = [missed_word(h, r) for h, r in zip(free, ref, strict=True)]
+    wanted = [[t] if t else [] for t in terms]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "test2016.terms.de").write_text("\n".join(terms) + "\n", encoding="utf-8")
+    steered_s, steered = _timed(translator, src, constraints=wanted)
+    n_terms = sum(1 for t in terms if t)
+    met = sum(1 for t, h in zip(terms, steered, strict=True) if t and t in h)
+    as_word = sum(1 for t, h in zip(terms, steered, strict=True) if t and t in _words(h))
+    same_free = sum(
+        1 for t, a, b in zip(terms, free, steered, strict=True) if not t and a == b
+    )  # lines without a constraint must keep their output
+    results = {}
+    for name, seconds, hyps in (("free", free_s, free), ("constrained", steered_s, steered)):
+        bleu = sacrebleu.corpus_bleu(hyps, [ref]).score
+        results[name] = {"seconds": round(seconds, 2), "sent_s": round(len(src) / seconds, 1),
+                         "bleu": round(bleu, 2)}  # fmt: skip
+        print(f"{name:<12} {seconds:6.1f} s ({len(src) / seconds:6.1f} sent/s), BLEU {bleu:.2f}")
+        (args.out / f"test2016.{name}.de").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+    results["lines_constrained"] = n_terms
+    results["constraints_met"] = met
+    results["constraints_met_as_whole_word"] = as_word
+    results["unconstrained_lines_unchanged"] = f"{same_free}/{len(src) - n_terms}"
+    results["cost_ratio"] = round(steered_s / free_s, 2)
+    print(f"{n_terms} of {len(src)} lines constrained to a missed reference word; met in the "
+          f"output: {met} ({100 * met / max(n_terms, 1):.1f}%), {as_word} as a whole word; "
+          f"unconstrained lines unchanged: "
+          f"{same_free}/{len(src) - n_terms}; time ratio {steered_s / free_s:.2f}x")  # fmt: skip
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

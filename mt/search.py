@@ -125,8 +125,11 @@ class _Stepper:
             self._bufs = (buf, torch.empty_like(buf))
         n = logits.size(0)
         # Cast into one reused buffer, then log-softmax into the other: log_softmax(dtype=...)
-        # would allocate, and page in, a fresh fp32 copy of the logits every step.
-        logits32 = self._bufs[0][:n].copy_(logits)  # [N, V], contiguous
+        # would allocate, and page in, a fresh fp32 copy of the logits every step. Contiguous
+        # fp32 logits need no cast.
+        logits32 = logits
+        if logits.dtype != torch.float32 or not logits.is_contiguous():
+            logits32 = self._bufs[0][:n].copy_(logits)  # [N, V], contiguous
         lprobs = torch.log_softmax(logits32, dim=-1, out=self._bufs[1][:n])
         if banned is not None:
             lprobs[banned] = _NEG_INF

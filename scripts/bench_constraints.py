@@ -12,7 +12,6 @@ is one JSON object. The constraints file is written next to the outputs (--out).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import string
@@ -22,19 +21,14 @@ from pathlib import Path
 import sacrebleu
 import torch
 
+# run as `python scripts/bench_constraints.py`: its folder is on sys.path
+from bench_translate import _test2016
+
 from mt.config import DecodeConfig
 from mt.translate import Translator, load_run
 
 CPU = torch.device("cpu")
 PUNCTUATION = string.punctuation + "„“”«»‚‘’"
-
-
-def _test2016(corpus: Path) -> tuple[list[str], list[str]]:
-    sides = []
-    for lang in ("en", "de"):
-        with gzip.open(corpus / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
-            sides.append(f.read().splitlines())
-    return sides[0], sides[1]
 
 
 def _words(text: str) -> list[str]:

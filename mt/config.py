@@ -58,6 +58,11 @@ class DataConfig:
     """Language of each TSV column, e.g. [en, de]; null reads them from a header row."""
     max_train_pairs: int | None = None
     """Keep only the first N training pairs (quick experiments); null keeps all."""
+    directions: list[str] = field(default_factory=list)
+    """Several directions in one model, e.g. [en-de, en-fr] (read from the same files or
+    corpus): each source starts with its target's tag (<2de>, <2fr>), a SentencePiece piece of
+    its own; data.src and data.tgt are then not read. [] = the one direction src-tgt.
+    Target languages must differ: the tag names the target."""
 
 
 @dataclass
@@ -268,6 +273,9 @@ class DecodeConfig:
     """With checkpoint=[a.pt,b.pt,...]: one weight per checkpoint (default: equal)."""
     no_repeat_ngram: int = 0
     """N > 0: no output repeats an n-gram of N tokens (beam and greedy)."""
+    tgt_lang: str | None = None
+    """Target language of a multilingual run (one trained with data.directions): its tag
+    (<2fr>) starts every source. A bilingual run accepts only its own target, or null."""
     alignment: bool = False
     """Append `<TAB>i-j ...` Pharaoh links (source i, output j) from cross-attention."""
     alignment_unit: str = "piece"
@@ -426,6 +434,12 @@ def validate_prepare(cfg: PrepareConfig) -> None:
         raise ConfigError("set data.path (a folder of local files) or data.hub_id (a dataset id).")
     if data.src == data.tgt:
         raise ConfigError(f"data.src and data.tgt are both {data.src!r}; pick two languages.")
+    targets = [direction_pair(d)[1] for d in data.directions]
+    if len(set(targets)) != len(targets):
+        raise ConfigError(
+            f"data.directions={list(data.directions)} names a target language twice; a "
+            "multilingual model tells its directions apart by the target's tag."
+        )
     _check_choice("data.format", data.format, ("auto", "text", "tsv", "jsonl"))
     _check_choice("clean.normalize", clean.normalize, NORMALIZATION_FORMS)
     _check_choice("spm.model_type", spm.model_type, ("unigram", "bpe"))
@@ -438,6 +452,17 @@ def validate_prepare(cfg: PrepareConfig) -> None:
         raise ConfigError(f"spm.character_coverage={spm.character_coverage} must be in (0, 1].")
     if data.tsv_columns is not None and sorted(data.tsv_columns) != sorted({*data.tsv_columns}):
         raise ConfigError(f"data.tsv_columns={data.tsv_columns} names a language twice.")
+
+
+def direction_pair(direction: str) -> tuple[str, str]:
+    """ "en-de" -> ("en", "de"); ConfigError for anything else."""
+    src, sep, tgt = str(direction).partition("-")
+    if not (sep and src and tgt) or "-" in tgt or src == tgt:
+        raise ConfigError(
+            f"data.directions: {direction!r} is not a direction like en-de (two different "
+            "language codes joined by '-')."
+        )
+    return src, tgt
 
 
 def _check_positions(model: ModelConfig) -> None:

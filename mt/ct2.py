@@ -33,7 +33,7 @@ from mt.config import DecodeConfig
 from mt.corpus import file_sha256
 from mt.errors import MTError
 from mt.search import length_penalty
-from mt.translate import LoadedRun, one_line, output_caps, prefix_ids, prepare_ids
+from mt.translate import LoadedRun, for_target, one_line, output_caps, prefix_ids, prepare_ids
 
 log = logging.getLogger("mt.translate")
 
@@ -82,6 +82,7 @@ class CT2Translator:
             raise MTError(
                 f"engine=ctranslate2 takes precision fp32, bf16, fp16 or int8, not {precision}."
             )
+        run = for_target(run, decode.tgt_lang)
         folder = cached_export(run)
         threads = torch.get_num_threads() if device.type == "cpu" else 0
         self.model = ctranslate2.Translator(

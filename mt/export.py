@@ -518,6 +518,12 @@ def run_export(cfg: ExportConfig) -> Path:
     if out.exists() and not cfg.force and any(out.iterdir()):
         raise MTError(f"out_dir {out} holds an earlier export; add force=true to replace it.")
     source = load_source(cfg.run_dir, cfg.checkpoint)
+    if "," in source.direction:
+        raise MTError(
+            f"data.directions: {cfg.run_dir} is multilingual ({source.direction}) and cannot be "
+            "exported: its sources start with a language tag that no exported tokenizer adds. "
+            "Translate it with `mt translate decode.tgt_lang=...` (or engine=ctranslate2)."
+        )
     export(source, out, cfg.format, cfg.quantization)
     log.info("exported %s (%s) to %s", source.checkpoint, cfg.format, out)
     return out

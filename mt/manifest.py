@@ -56,6 +56,10 @@ class Manifest:
     config_hash: str
     config: dict[str, Any]
     timings_s: dict[str, float]
+    directions: list[str] = dataclasses.field(default_factory=list)
+    """The directions of a multilingual folder (data.directions), [] for one direction."""
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Target language -> the tag its sources start with (<2de>); {} for one direction."""
 
     def has_split(self, name: str) -> bool:
         return name in self.splits

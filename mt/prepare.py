@@ -25,12 +25,12 @@ import numpy as np
 
 from mt import __version__
 from mt.clean import CleanReport, SplitCleaner
-from mt.config import PrepareConfig, validate_prepare
+from mt.config import DataConfig, PrepareConfig, direction_pair, validate_prepare
 from mt.corpus import CorpusReader, InputFile, Pairs, iter_lines, local_files, open_hub, open_local
 from mt.errors import MTError
 from mt.manifest import FORMAT, Manifest, Vocab, read_manifest
 from mt.shards import SIDES, flatten, token_dtype, write_shard
-from mt.tokenizer import Tokenizer, train_sentencepiece
+from mt.tokenizer import Tokenizer, language_tag, train_sentencepiece
 
 CLEAN_CHUNK = 100_000  # pairs read and cleaned at a time
 ENCODE_CHUNK = 100_000  # lines encoded at a time
@@ -45,7 +45,41 @@ def _config_hash(cfg: PrepareConfig) -> str:
     for key in ("out_dir", "force", "workers"):
         settings.pop(key)
     settings["data"].pop("path")
+    if not settings["data"]["directions"]:  # one direction: the hash folders had before the key
+        settings["data"].pop("directions")
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class Direction:
+    """One direction of the corpus: its data config, local files (None: the hub), and the tag
+    its sources start with (None when the folder holds this one direction only)."""
+
+    data: DataConfig
+    files: dict[str, list[Path]] | None
+    tag: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.data.src}-{self.data.tgt}"
+
+
+def directions(data: DataConfig) -> list[Direction]:
+    """data.directions as Directions (data.src-data.tgt alone when it is empty); sources are
+    tagged only when there are several."""
+    pairs = [direction_pair(d) for d in data.directions] or [(data.src, data.tgt)]
+    out = []
+    for src, tgt in pairs:
+        one = dataclasses.replace(data, src=src, tgt=tgt)
+        files = None if data.hub_id else local_files(one)
+        out.append(Direction(one, files, language_tag(tgt) if len(pairs) > 1 else None))
+    return out
+
+
+def _input_files(dirs: list[Direction]) -> list[Path]:
+    """Every local file read, once each (directions from one source share its files)."""
+    paths = [p for d in dirs for paths in (d.files or {}).values() for p in paths]
+    return list(dict.fromkeys(paths))
 
 
 def _check_out_dir(out: Path) -> Manifest | None:
@@ -94,29 +128,48 @@ def _write_lines(f: TextIO, lines: list[str]) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def _clean_to(chunks: Iterator[Pairs], cleaner: SplitCleaner, text: Path, split: str) -> None:
-    """Clean a split chunk by chunk into the line files `text/{split}.src` and `.tgt`."""
-    with (
-        open(text / f"{split}.src", "w", encoding="utf-8", newline="\n") as f_src,
-        open(text / f"{split}.tgt", "w", encoding="utf-8", newline="\n") as f_tgt,
-    ):
-        for chunk in chunks:
-            kept = cleaner.clean(chunk)
-            _write_lines(f_src, kept.src)
-            _write_lines(f_tgt, kept.tgt)
+def _clean_to(
+    chunks: Iterator[Pairs], cleaner: SplitCleaner, f_src: TextIO, f_tgt: TextIO, tag: str | None
+) -> None:
+    """Clean a split chunk by chunk into its two line files; sources start with `tag`, if any."""
+    for chunk in chunks:
+        kept = cleaner.clean(chunk)
+        _write_lines(f_src, kept.src if tag is None else [f"{tag} {line}" for line in kept.src])
+        _write_lines(f_tgt, kept.tgt)
 
 
-def _read_clean(corpus: CorpusReader, cfg: PrepareConfig, text: Path) -> dict[str, CleanReport]:
-    """Read and clean every split in one streaming pass into line files under `text`."""
+def _merged(reports: list[CleanReport]) -> CleanReport:
+    """One split's report summed over its directions."""
+    total = CleanReport(read=0, kept=0, dropped={}, flagged={})
+    for r in reports:
+        total.read, total.kept = total.read + r.read, total.kept + r.kept
+        for mine, theirs in ((total.dropped, r.dropped), (total.flagged, r.flagged)):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+    return total
+
+
+def _read_clean(
+    corpora: list[tuple[CorpusReader, str | None]], cfg: PrepareConfig, text: Path
+) -> dict[str, CleanReport]:
+    """Read and clean every split in one streaming pass into the line files
+    `text/{split}.src` and `.tgt`; several directions follow one another in them."""
     text.mkdir()
     reports = {}
-    for split in corpus.readers:
-        chunks = corpus.chunks(split, CLEAN_CHUNK)
-        if split == "train" and cfg.data.max_train_pairs is not None:
-            chunks = _first(chunks, cfg.data.max_train_pairs)
-        cleaner = SplitCleaner(cfg.clean, filter_pairs=split == "train")
-        _clean_to(chunks, cleaner, text, split)
-        reports[split] = cleaner.report()
+    for split in corpora[0][0].readers:
+        parts = []
+        with (
+            open(text / f"{split}.src", "w", encoding="utf-8", newline="\n") as f_src,
+            open(text / f"{split}.tgt", "w", encoding="utf-8", newline="\n") as f_tgt,
+        ):
+            for corpus, tag in corpora:
+                chunks = corpus.chunks(split, CLEAN_CHUNK)
+                if split == "train" and cfg.data.max_train_pairs is not None:
+                    chunks = _first(chunks, cfg.data.max_train_pairs)
+                cleaner = SplitCleaner(cfg.clean, filter_pairs=split == "train")
+                _clean_to(chunks, cleaner, f_src, f_tgt, tag)
+                parts.append(cleaner.report())
+        reports[split] = parts[0] if len(parts) == 1 else _merged(parts)
     if reports["train"].kept == 0:
         dropped = ", ".join(f"{k} {v}" for k, v in reports["train"].dropped.items() if v)
         raise MTError(
@@ -127,17 +180,21 @@ def _read_clean(corpus: CorpusReader, cfg: PrepareConfig, text: Path) -> dict[st
     return reports
 
 
-def _train_spm(text: Path, cfg: PrepareConfig, build: Path, threads: int) -> dict[str, str]:
+def _train_spm(
+    text: Path, cfg: PrepareConfig, build: Path, threads: int, tags: list[str]
+) -> dict[str, str]:
     """Train the joint model or one per side; returns side -> model file name.
 
     The sentences stream from the cleaned training line files: source lines, then target.
+    Language `tags` become user-defined pieces (never split).
     """
+    symbols = list(dict.fromkeys([*cfg.spm.user_defined_symbols, *tags]))
     opts = dict(
         vocab_size=cfg.spm.vocab_size,
         model_type=cfg.spm.model_type,
         character_coverage=cfg.spm.character_coverage,
         byte_fallback=cfg.spm.byte_fallback,
-        user_defined_symbols=cfg.spm.user_defined_symbols,
+        user_defined_symbols=symbols,
         input_sentence_size=cfg.spm.input_sentence_size,
         seed=cfg.seed,
         threads=threads,
@@ -165,17 +222,24 @@ def _length_stats(lengths: np.ndarray) -> dict[str, float]:
 
 
 def _encoded_chunks(
-    tok: Tokenizer, path: Path, threads: int
+    tok: Tokenizer, path: Path, threads: int, tagged: bool
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(tokens, lengths) of the lines of `path`, ENCODE_CHUNK lines at a time."""
+    """(tokens, lengths) of the lines of `path`, ENCODE_CHUNK lines at a time; `tagged` lines
+    start with a language tag."""
     dtype = token_dtype(tok.vocab_size)
+    encode = tok.encode_tagged if tagged else tok.encode
     lines = iter_lines(path)
     while chunk := list(itertools.islice(lines, ENCODE_CHUNK)):
-        yield flatten(tok.encode(chunk, threads), dtype)
+        yield flatten(encode(chunk, threads), dtype)
 
 
 def _encode(
-    text: Path, splits: list[str], models: dict[str, str], build: Path, threads: int
+    text: Path,
+    splits: list[str],
+    models: dict[str, str],
+    build: Path,
+    threads: int,
+    tagged: bool,
 ) -> dict[str, Any]:
     """Encode every split's line files on `threads` threads into shards; returns length stats.
 
@@ -186,7 +250,8 @@ def _encode(
     for split in splits:
         stats[split] = {"pairs": 0}
         for side in SIDES:
-            chunks = _encoded_chunks(tokenizers[side], text / f"{split}.{side}", threads)
+            path = text / f"{split}.{side}"
+            chunks = _encoded_chunks(tokenizers[side], path, threads, tagged and side == "src")
             lengths = write_shard(build, split, side, chunks)
             stats[split].update({"pairs": len(lengths), side: _length_stats(lengths)})
     return stats
@@ -216,8 +281,17 @@ def _print_report(reports: dict[str, CleanReport], out: Path, manifest: Manifest
     )
 
 
-def _open(cfg: PrepareConfig, files: dict[str, list[Path]] | None) -> CorpusReader:
-    return open_hub(cfg.data) if files is None else open_local(cfg.data, files)
+def _open(direction: Direction) -> CorpusReader:
+    d = direction
+    return open_hub(d.data) if d.files is None else open_local(d.data, d.files)
+
+
+def _fingerprints(corpora: list[CorpusReader], dirs: list[Direction]) -> dict[str, str]:
+    """The hub datasets' fingerprints: per split, and per direction when there are several."""
+    if len(dirs) == 1:
+        return corpora[0].fingerprints
+    pairs = zip(corpora, dirs, strict=True)
+    return {f"{d.name}/{k}": v for c, d in pairs for k, v in c.fingerprints.items()}
 
 
 def run_prepare(cfg: PrepareConfig) -> Manifest:
@@ -229,33 +303,34 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
     validate_prepare(cfg)
     out = Path(cfg.out_dir)
     old = _check_out_dir(out)
-    files = None if cfg.data.hub_id else local_files(cfg.data)
-    flat_files = [p for paths in (files or {}).values() for p in paths]
-    if not cfg.force and files is not None and _up_to_date(old, cfg, flat_files):
+    dirs = directions(cfg.data)
+    hub = bool(cfg.data.hub_id)
+    if not cfg.force and not hub and _up_to_date(old, cfg, _input_files(dirs)):
         print(f"{out} is up to date (same inputs and settings); force=true rebuilds it.")
         return old  # type: ignore[return-value]  (up to date implies a manifest)
     threads = cfg.workers or os.cpu_count() or 1
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    corpus = _open(cfg, files)
-    if files is None and not cfg.force and old and old.config_hash == _config_hash(cfg):
-        if old.source.get("fingerprints") == corpus.fingerprints:
+    corpora = [_open(d) for d in dirs]
+    if hub and not cfg.force and old and old.config_hash == _config_hash(cfg):
+        if old.source.get("fingerprints") == _fingerprints(corpora, dirs):
             print(f"{out} is up to date (same dataset and settings); force=true rebuilds it.")
             return old
     build = out.parent / f".{out.name}.build-{os.getpid()}"
     build.mkdir(parents=True)
     text = build / TEXT
     try:
-        reports = _read_clean(corpus, cfg, text)
+        tags = [d.tag for d in dirs if d.tag is not None]
+        reports = _read_clean([(c, d.tag) for c, d in zip(corpora, dirs, strict=True)], cfg, text)
         timings["read_clean"] = time.perf_counter() - start
         mark = time.perf_counter()
-        models = _train_spm(text, cfg, build, threads)
+        models = _train_spm(text, cfg, build, threads, tags)
         timings["spm"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        stats = _encode(text, list(reports), models, build, threads)
+        stats = _encode(text, list(reports), models, build, threads, tagged=bool(tags))
         timings["encode"] = time.perf_counter() - mark
         shutil.rmtree(text)  # the cleaned lines are not part of the output
-        manifest = _manifest(cfg, corpus, reports, stats, models, build, timings)
+        manifest = _manifest(cfg, corpora, dirs, reports, stats, models, build, timings)
         _install(build, out, old, manifest)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -265,7 +340,8 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
 
 def _manifest(
     cfg: PrepareConfig,
-    corpus: CorpusReader,
+    corpora: list[CorpusReader],
+    dirs: list[Direction],
     reports: dict[str, CleanReport],
     stats: dict[str, Any],
     models: dict[str, str],
@@ -274,18 +350,20 @@ def _manifest(
 ) -> Manifest:
     source: dict[str, Any] = {"hub_id": cfg.data.hub_id, "hub_config": cfg.data.hub_config}
     if cfg.data.hub_id:
-        source["fingerprints"] = corpus.fingerprints
+        source["fingerprints"] = _fingerprints(corpora, dirs)
     else:
         source["path"] = str(Path(cfg.data.path or ".").resolve())
-        source["files"] = [dataclasses.asdict(f.hash()) for f in corpus.inputs]
+        inputs = {f.path: f for c in corpora for f in c.inputs}  # a shared file once
+        source["files"] = [dataclasses.asdict(f.hash()) for f in inputs.values()]
     tokenizers = {side: Tokenizer(build / name) for side, name in models.items()}
+    languages = {side: list(dict.fromkeys(getattr(d.data, side) for d in dirs)) for side in SIDES}
     return Manifest(
         format=FORMAT,
         mt_version=__version__,
         source=source,
-        direction=f"{cfg.data.src}-{cfg.data.tgt}",
-        src=cfg.data.src,
-        tgt=cfg.data.tgt,
+        direction=",".join(d.name for d in dirs),
+        src=",".join(languages["src"]),
+        tgt=",".join(languages["tgt"]),
         normalize=cfg.clean.normalize,
         splits=stats,
         cleaning={split: dataclasses.asdict(r) for split, r in reports.items()},
@@ -300,4 +378,6 @@ def _manifest(
         config_hash=_config_hash(cfg),
         config=dataclasses.asdict(cfg),
         timings_s={k: round(v, 3) for k, v in timings.items()},
+        directions=[d.name for d in dirs] if len(dirs) > 1 else [],
+        tags={d.data.tgt: d.tag for d in dirs if d.tag is not None},
     )

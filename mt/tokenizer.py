@@ -17,6 +17,11 @@ from mt.errors import MTError
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
+def language_tag(lang: str) -> str:
+    """The piece that asks a multilingual model for target language `lang`: <2de>."""
+    return f"<2{lang}>"
+
+
 def train_sentencepiece(
     sentences: Iterable[str],
     model_prefix: Path,
@@ -97,6 +102,22 @@ class Tokenizer:
     def encode(self, texts: list[str], threads: int = 1) -> list[list[int]]:
         """Ids of each text, without bos/eos, encoded on `threads` C++ threads."""
         return self.sp.encode(texts, out_type=int, num_threads=threads)
+
+    def encode_tagged(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        """Ids of lines that start with a language tag and a space ("<2de> A man ..."): the
+        tag's own id, then the rest encoded as a sentence (SentencePiece would spend a "▁"
+        piece on the space before a user-defined symbol)."""
+        split = [text.partition(" ") for text in texts]
+        tags = {head: self.piece_id(head) for head, _, _ in split}
+        rests = self.encode([rest for _, _, rest in split], threads)
+        return [[tags[head], *ids] for (head, _, _), ids in zip(split, rests, strict=True)]
+
+    def piece_id(self, piece: str) -> int:
+        """The id of a whole piece (a language tag); MTError when the model lacks it."""
+        i = self.sp.piece_to_id(piece)
+        if i == UNK_ID and piece != self.sp.id_to_piece(UNK_ID):
+            raise MTError(f"{self.path} has no piece {piece!r}.")
+        return i
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Text of each id sequence; special ids are skipped."""

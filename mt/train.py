@@ -181,7 +181,11 @@ def _build_trainer(
             "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
             "vocab": manifest.spm.identity(),
             # how the data was prepared, which a data_dir= run's own config does not say
-            "data": {"direction": manifest.direction, "normalize": manifest.normalize},
+            "data": {
+                "direction": manifest.direction,
+                "normalize": manifest.normalize,
+                "tags": manifest.tags,
+            },
         },
     )
 

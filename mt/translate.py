@@ -44,6 +44,12 @@ class LoadedRun:
     normalize_form: str
     max_len: int
     checkpoint: Path
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    """A multilingual run's target languages and their source tags ({} when bilingual)."""
+    tgt: str = ""
+    """A bilingual run's target language ("" when unknown)."""
+    src_tag: int | None = None
+    """Id every source starts with: the tag of decode.tgt_lang (see `for_target`)."""
 
 
 def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
@@ -83,7 +89,38 @@ def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
         _normalize_form(ckpts[0]),
         min(c["model_args"]["max_positions"] for c in ckpts),
         paths[0],
+        **_languages(ckpts[0]),
     )
+
+
+def _languages(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The tags of a multilingual checkpoint, or the target language of a bilingual one."""
+    data = ckpt.get("data", {})
+    if data.get("tags"):
+        return {"tags": dict(data["tags"])}
+    direction = data.get("direction") or "{src}-{tgt}".format(**ckpt["config"]["data"])
+    return {"tgt": direction.partition("-")[2]}
+
+
+def for_target(run: LoadedRun, tgt_lang: str | None) -> LoadedRun:
+    """The run set to translate into `tgt_lang` (decode.tgt_lang): a multilingual run needs
+    one of its languages; a bilingual run takes its own target, or none."""
+    if run.tags:
+        languages = ", ".join(sorted(run.tags))
+        if tgt_lang is None:
+            raise MTError(
+                f"{run.checkpoint} is multilingual (into {languages}): set decode.tgt_lang."
+            )
+        if tgt_lang not in run.tags:
+            raise MTError(
+                f"decode.tgt_lang={tgt_lang}: {run.checkpoint} translates into {languages} only."
+            )
+        return dataclasses.replace(run, src_tag=run.src_tok.piece_id(run.tags[tgt_lang]))
+    if tgt_lang is not None and run.tgt and tgt_lang != run.tgt:
+        raise MTError(
+            f"decode.tgt_lang={tgt_lang}: {run.checkpoint} translates into {run.tgt} only."
+        )
+    return run
 
 
 def _load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -121,6 +158,8 @@ def prepare_ids(run: LoadedRun, lines: list[str], where: str, first_line: int) -
     """Source ids of each line as the model was trained on them: normalized, encoded, and cut
     to the model's length (room for eos) with a warning naming the line."""
     ids = run.src_tok.encode(normalize(lines, run.normalize_form))
+    if run.src_tag is not None:  # empty lines stay empty (they are not translated)
+        ids = [[run.src_tag, *seq] if seq else seq for seq in ids]
     limit = run.max_len - 1  # room for eos
     for i, seq in enumerate(ids):
         if len(seq) > limit:
@@ -140,6 +179,7 @@ class Translator:
             run = dataclasses.replace(run, model=_reweighted(run.model, decode.ensemble_weights))
         if precision == "int8":  # dynamic int8 linear layers, on a copy of the loaded model
             run = dataclasses.replace(run, model=quantize_int8(run.model))
+        run = for_target(run, decode.tgt_lang)
         self.run, self.decode, self.device, self.precision = run, decode, device, precision
         self.generator = torch.Generator(device=device).manual_seed(decode.seed)
         self.limits = limits_for(run, decode)

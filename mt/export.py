@@ -6,6 +6,10 @@ changes without its exporter fails the equality tests in tests/test_export.py.
 CTranslate2 (`format=ctranslate2`): a `TransformerSpec` filled weight by weight, with the
 position table written out (CTranslate2's own sinusoids start at position 1 and lay out
 [sin | cos]), `add_source_eos` (mt encodes `pieces + </s>`) and layer-norm epsilon 1e-5.
+`positions=rope` becomes CTranslate2's rotary self-attention over the whole head, half-split
+(`rotary_interleave=False`), base 10000, with no position table (cross-attention has none, in
+both); `positions=relative` its Shaw relative self-attention, whose `relative_position_keys`
+and `_values` [2k+1, Dh] rows are indexed clip(j - i, -k, k) + k as mt's tables are.
 
 Hugging Face (`format=huggingface`): pre-norm models go into `PegasusForConditionalGeneration`
 (pre-norm layers, final encoder and decoder LayerNorms, positions from 0 in a saved table);
@@ -35,7 +39,9 @@ from mt import __version__
 from mt.config import ExportConfig, ModelConfig
 from mt.corpus import file_sha256
 from mt.errors import MTError
+from mt.model.attention import SelfAttention
 from mt.model.layers import DecoderLayer, EncoderLayer
+from mt.model.positions import ROPE_BASE
 from mt.model.transformer import Seq2Seq
 from mt.rundir import RunDir
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
@@ -48,17 +54,29 @@ CT2_QUANTIZATIONS = (
 )  # fmt: skip
 EXPORT_INFO = "mt_export.json"
 
-# What each exporter can hold: model key -> the values it represents exactly.
-_REPRESENTABLE: dict[str, tuple[Any, ...]] = {
-    "positions": ("sinusoidal", "learned"),
-    "activation": ("relu", "gelu"),
-    "norm": ("pre", "post"),
+# The name each format's refusals give it.
+TARGETS = {"ctranslate2": "CTranslate2", "huggingface": "Hugging Face transformers"}
+# What each exporter can hold: format -> model key -> the values it represents exactly.
+# CTranslate2 has rotary (half-split) and Shaw relative self-attention; Marian and Pegasus
+# (and M2M100) add absolute positions to the embeddings only.
+_REPRESENTABLE: dict[str, dict[str, tuple[Any, ...]]] = {
+    "ctranslate2": {
+        "positions": ("sinusoidal", "learned", "rope", "relative"),
+        "activation": ("relu", "gelu"),
+        "norm": ("pre", "post"),
+    },
+    "huggingface": {
+        "positions": ("sinusoidal", "learned"),
+        "activation": ("relu", "gelu"),
+        "norm": ("pre", "post"),
+    },
 }
-# Keys that change no computation at inference, or that every exporter copies as they are.
+# Keys that change no computation at inference, or that every exporter copies as they are
+# (max_relative_positions is nonzero with positions=relative only, which the formats check).
 _STRUCTURAL = {
     "src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_layers_enc", "n_layers_dec",
     "d_ff", "dropout", "attn_dropout", "act_dropout", "max_positions", "share_embeddings",
-    "pad_id", *_REPRESENTABLE,
+    "pad_id", "max_relative_positions", *(k for held in _REPRESENTABLE.values() for k in held),
 }  # fmt: skip
 
 
@@ -109,16 +127,19 @@ def load_source(run_dir: str | Path, checkpoint: str | None) -> Source:
     )  # fmt: skip
 
 
-def check_representable(model_args: dict[str, Any], target: str) -> None:
-    """Refuse, naming the option, a model that `target` cannot hold exactly."""
+def check_representable(model_args: dict[str, Any], fmt: str) -> None:
+    """Refuse, naming the option, a model that format `fmt` (one of FORMATS) cannot hold
+    exactly."""
+    target, held = TARGETS[fmt], _REPRESENTABLE[fmt]
     defaults = {f.name: f.default for f in fields(ModelConfig)}
-    for key, value in model_args.items():
-        allowed = _REPRESENTABLE.get(key)
-        if allowed is not None and value not in allowed:
+    for key, allowed in held.items():  # first: positions=relative names positions, not its k
+        value = model_args.get(key, defaults.get(key))
+        if value not in allowed:
             raise MTError(
                 f"model.{key}={value} cannot be exported to {target}; it holds "
                 f"model.{key}={' | '.join(map(str, allowed))}."
             )
+    for key, value in model_args.items():
         if key not in _STRUCTURAL and value and value != defaults.get(key):
             raise MTError(f"model.{key}={value} cannot be exported to {target} yet.")
 
@@ -146,9 +167,16 @@ def _ct2_norm(spec: Any, norm: nn.LayerNorm) -> None:
     spec.beta = _np(norm.bias)
 
 
+def _ct2_self_attention(spec: Any, attn: SelfAttention) -> None:
+    _ct2_linear(spec.linear[0], attn.qkv)  # [q; k; v], as CT2 fuses
+    _ct2_linear(spec.linear[1], attn.out)
+    if attn.max_relative_positions > 0:  # rows clip(j - i, -k, k) + k, as CT2 indexes them
+        spec.relative_position_keys = _np(attn.relative_keys)
+        spec.relative_position_values = _np(attn.relative_values)
+
+
 def _ct2_encoder_layer(spec: Any, layer: EncoderLayer) -> None:
-    _ct2_linear(spec.self_attention.linear[0], layer.self_attn.qkv)  # [q; k; v], as CT2 fuses
-    _ct2_linear(spec.self_attention.linear[1], layer.self_attn.out)
+    _ct2_self_attention(spec.self_attention, layer.self_attn)
     _ct2_norm(spec.self_attention.layer_norm, layer.norm1)
     _ct2_linear(spec.ffn.linear_0, layer.ffn.fc1)
     _ct2_linear(spec.ffn.linear_1, layer.ffn.fc2)
@@ -156,8 +184,7 @@ def _ct2_encoder_layer(spec: Any, layer: EncoderLayer) -> None:
 
 
 def _ct2_decoder_layer(spec: Any, layer: DecoderLayer) -> None:
-    _ct2_linear(spec.self_attention.linear[0], layer.self_attn.qkv)
-    _ct2_linear(spec.self_attention.linear[1], layer.self_attn.out)
+    _ct2_self_attention(spec.self_attention, layer.self_attn)
     _ct2_norm(spec.self_attention.layer_norm, layer.norm1)
     _ct2_linear(spec.attention.linear[0], layer.cross_attn.q)
     _ct2_linear(spec.attention.linear[1], layer.cross_attn.kv)  # [k; v]
@@ -177,17 +204,27 @@ def ctranslate2_spec(
         from ctranslate2.specs import common_spec, transformer_spec
     except ImportError:
         raise missing_extra("ctranslate2") from None
-    check_representable(hp, "CTranslate2")
+    check_representable(hp, "ctranslate2")
     activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}
-    spec = transformer_spec.TransformerSpec.from_config(
-        (hp["n_layers_enc"], hp["n_layers_dec"]), hp["n_heads"],
+    positions = hp.get("positions", "sinusoidal")
+    kw: dict[str, Any] = dict(
         pre_norm=hp["norm"] == "pre", activation=activation[hp["activation"]],
+        relative_position=positions == "relative",
     )  # fmt: skip
+    if positions == "rope":  # every head dim, half-split pairs (not interleaved), mt's base
+        kw.update(rotary_dim=0, rotary_interleave=False, rotary_base=ROPE_BASE)
+    spec = transformer_spec.TransformerSpec(
+        transformer_spec.TransformerEncoderSpec(hp["n_layers_enc"], hp["n_heads"], **kw),
+        transformer_spec.TransformerDecoderSpec(hp["n_layers_dec"], hp["n_heads"], **kw),
+    )
     enc, dec = spec.encoder, spec.decoder
     enc.embeddings[0].weight = _np(model.encoder.embed.tokens.weight)
     dec.embeddings.weight = _np(model.decoder.embed.tokens.weight)
-    enc.position_encodings.encodings = _np(_positions(model, "encoder"))
-    dec.position_encodings.encodings = _np(_positions(model, "decoder"))
+    if positions in ("sinusoidal", "learned"):
+        enc.position_encodings.encodings = _np(_positions(model, "encoder"))
+        dec.position_encodings.encodings = _np(_positions(model, "decoder"))
+    elif hasattr(enc, "position_encodings"):  # rope: the encoder spec still declares one
+        del enc.position_encodings  # (CT2 ignores it once layers rotate); mt adds no table
     for layer_spec, layer in zip(enc.layer, model.encoder.layers, strict=True):
         _ct2_encoder_layer(layer_spec, layer)
     for layer_spec, layer in zip(dec.layer, model.decoder.layers, strict=True):
@@ -330,7 +367,7 @@ def huggingface_config(hp: dict[str, Any]) -> Any:
         from transformers import MarianConfig, PegasusConfig
     except ImportError:
         raise missing_extra("transformers") from None
-    check_representable(hp, "Hugging Face transformers")
+    check_representable(hp, "huggingface")
     pre_norm = hp["norm"] == "pre"
     if not pre_norm and hp["positions"] != "sinusoidal":
         raise MTError(

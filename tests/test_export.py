@@ -17,8 +17,8 @@ from mt.export import Source, check_representable, export, load_source
 from mt.model import transformer
 from mt.rundir import RunDir
 from mt.tokenizer import Tokenizer
-from mt.translate import Translator, make_translator
-from tests.conftest import make_pairs
+from mt.translate import Translator, load_run, make_translator
+from tests.conftest import make_pairs, prepare_config, train_config, write_corpus
 from tests.test_cli import assert_clean_error, mt
 
 ctranslate2 = pytest.importorskip("ctranslate2")
@@ -116,7 +116,8 @@ def test_huggingface_generate_is_token_identical(overfit_run, overfit_loaded, tm
     assert card.startswith("---\nlibrary_name: transformers") and "## Scores" in card
 
 
-def _random_source(rng: random.Random, tok: Tokenizer, tmp: Path) -> Source:
+def _random_source(rng: random.Random, tok: Tokenizer, tmp: Path, **fixed) -> Source:
+    """A random-weight model of random settings (`fixed` overrides them after the draw)."""
     args = dict(
         src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size,
         d_model=rng.choice([16, 32]), n_heads=2, n_layers_enc=rng.randint(1, 3),
@@ -125,12 +126,25 @@ def _random_source(rng: random.Random, tok: Tokenizer, tmp: Path) -> Source:
         norm=rng.choice(["pre", "post"]), positions=rng.choice(["sinusoidal", "learned"]),
         max_positions=64, share_embeddings=rng.choice([True, False]), pad_id=0,
     )  # fmt: skip
+    args.update(fixed)
     model = transformer(**args).eval()
     with torch.no_grad():  # norms and biases away from their 1 / 0 start, so a swap shows
         for name, p in model.named_parameters():
             if "norm" in name or "bias" in name:
                 p.add_(torch.randn_like(p) * 0.2)
     return Source(RunDir(tmp), Path(__file__), model, args, tok, tok, "NFC", "en-de")
+
+
+def _ct2_logprobs_match(source: Source, tok: Tokenizer, folder: Path, seed: int) -> None:
+    """CTranslate2's `score_batch` log-probs of a few pairs equal mt's teacher-forced ones."""
+    src_text, tgt_text = make_pairs(3, seed=seed)
+    pairs = list(zip(tok.encode(src_text), tok.encode(tgt_text), strict=True))
+    ct2 = ctranslate2.Translator(str(folder))
+    scored = ct2.score_batch([tok.sp.encode(s, out_type=str) for s in src_text],
+                             [tok.sp.encode(t, out_type=str) for t in tgt_text])  # fmt: skip
+    for (src, tgt), result in zip(pairs, scored, strict=True):
+        ours = _mt_logprobs(source.model, src, tgt)[torch.arange(len(tgt) + 1), [*tgt, 3]]
+        torch.testing.assert_close(torch.tensor(result.log_probs), ours, atol=1e-4, rtol=0)
 
 
 def _mt_logprobs(model, src: list[int], tgt: list[int]) -> torch.Tensor:
@@ -144,14 +158,9 @@ def _mt_logprobs(model, src: list[int], tgt: list[int]) -> torch.Tensor:
 def test_random_model_options_export_exactly(prepared_dir, tmp_path, seed):
     tok = Tokenizer(next(prepared_dir.glob("*.model")))
     source = _random_source(random.Random(seed), tok, tmp_path)
+    _ct2_logprobs_match(source, tok, export(source, tmp_path / "ct2", "ctranslate2"), seed)
     src_text, tgt_text = make_pairs(3, seed=seed)
     pairs = list(zip(tok.encode(src_text), tok.encode(tgt_text), strict=True))
-    ct2 = ctranslate2.Translator(str(export(source, tmp_path / "ct2", "ctranslate2")))
-    scored = ct2.score_batch([tok.sp.encode(s, out_type=str) for s in src_text],
-                             [tok.sp.encode(t, out_type=str) for t in tgt_text])  # fmt: skip
-    for (src, tgt), result in zip(pairs, scored, strict=True):
-        ours = _mt_logprobs(source.model, src, tgt)[torch.arange(len(tgt) + 1), [*tgt, 3]]
-        torch.testing.assert_close(torch.tensor(result.log_probs), ours, atol=1e-4, rtol=0)
     hp = source.model_args
     if (hp["norm"] == "pre" and not hp["share_embeddings"]) or (
         hp["norm"] == "post" and hp["positions"] == "learned"
@@ -168,13 +177,82 @@ def test_random_model_options_export_exactly(prepared_dir, tmp_path, seed):
         torch.testing.assert_close(F.log_softmax(logits, -1), expected, atol=1e-4, rtol=0)
 
 
-def test_an_option_no_exporter_holds_is_refused_by_name():
-    args = {"positions": "rope", "norm": "pre", "activation": "relu"}
-    with pytest.raises(MTError, match="model.positions=rope cannot be exported to CTranslate2"):
-        check_representable(args, "CTranslate2")
-    with pytest.raises(MTError, match="model.attn_window=64"):
-        check_representable({"positions": "sinusoidal", "attn_window": 64}, "CTranslate2")
-    check_representable({"positions": "learned", "attn_window": 0}, "CTranslate2")
+@pytest.mark.parametrize(
+    ("positions", "norm", "seed"),
+    [("rope", "pre", 0), ("rope", "post", 1), ("relative", "pre", 2), ("relative", "post", 3)],
+)
+def test_rope_and_relative_export_to_ctranslate2_exactly(
+    prepared_dir, tmp_path, positions, norm, seed
+):
+    """Rotary and Shaw relative self-attention (distances clipped at +-4, so longer ones share
+    a row): CTranslate2's log-probs are mt's; Hugging Face refuses them by name."""
+    tok = Tokenizer(next(prepared_dir.glob("*.model")))
+    torch.manual_seed(seed)
+    k = 4 if positions == "relative" else 0
+    source = _random_source(random.Random(seed), tok, tmp_path, positions=positions, norm=norm,
+                            max_relative_positions=k)  # fmt: skip
+    _ct2_logprobs_match(source, tok, export(source, tmp_path / "ct2", "ctranslate2"), seed)
+    with pytest.raises(MTError, match=f"model.positions={positions} cannot be exported to Hug"):
+        export(source, tmp_path / "hf", "huggingface")
+
+
+@pytest.fixture(scope="module", params=[("rope", "pre"), ("relative", "post")], ids="-".join)
+def positions_run(request, tmp_path_factory) -> Path:
+    """A tiny model with positions inside self-attention, trained on 32 pairs (as overfit_run)."""
+    from mt.prepare import run_prepare
+    from mt.train import run_train
+
+    positions, norm = request.param
+    root = tmp_path_factory.mktemp(positions)
+    corpus = write_corpus(root / "c", {"train": 32, "valid": 32, "test": 32})
+    for side in ("en", "de"):
+        shutil.copy(corpus / f"train.{side}", corpus / f"valid.{side}")
+    run_prepare(prepare_config(corpus, root / "data"))
+    k = 4 if positions == "relative" else 0
+    cfg = train_config(root / "data", root / "run", "train.max_steps=150", "train.lr=5e-3",
+                       "train.label_smoothing=0", "train.max_tokens=4096",
+                       f"model.positions={positions}", f"model.max_relative_positions={k}",
+                       f"model.norm={norm}")  # fmt: skip
+    run_train(cfg)
+    return root / "run"
+
+
+def test_rope_and_relative_runs_translate_in_ctranslate2_as_in_mt(positions_run):
+    """engine=ctranslate2 (which exports the run first) decodes incrementally through its own
+    caches as mt does: greedy token-identical, beam 4 the same best on nearly every line."""
+    loaded = load_run(positions_run, None, CPU)
+    lines = _inputs()
+    for decode in (_decode(beam=1), _decode(beam=4, nbest=4, lenpen=0.0)):
+        ours = Translator(loaded, decode, CPU, "fp32").translate(lines)
+        theirs = make_translator(loaded, decode, CPU, "fp32", "ctranslate2").translate(lines)
+        same = [a[0][0] == b[0][0] for a, b in zip(ours, theirs, strict=True) if a]
+        print(f"{positions_run.parent.name} beam {decode.beam}: {sum(same)} of {len(same)}")
+        if decode.beam == 1:
+            assert all(same)
+        else:  # the searches stop by different rules (see the beam 4 test above)
+            assert sum(same) >= 0.95 * len(same)
+        for a, b in zip(ours, theirs, strict=True):
+            if a and a[0][0] == b[0][0]:
+                assert abs(a[0][1] - b[0][1]) < 1e-3  # the same score, eos included
+    lengths = [len(h[0][0]) for h in ours if h]
+    assert len(set(lengths)) > 5  # sentences of many lengths: not a degenerate model
+    with pytest.raises(MTError, match="cannot be exported to Hugging Face transformers"):
+        export(load_source(positions_run, None), positions_run.parent / "hf", "huggingface")
+
+
+def test_an_option_an_exporter_cannot_hold_is_refused_by_name():
+    for positions in ("rope", "relative"):
+        args = {"positions": positions, "norm": "pre", "activation": "relu"}
+        check_representable(args, "ctranslate2")
+        with pytest.raises(
+            MTError,
+            match=f"model.positions={positions} cannot be exported to Hugging Face transformers",
+        ):
+            check_representable(args, "huggingface")
+    for fmt, target in (("ctranslate2", "CTranslate2"), ("huggingface", "Hugging Face")):
+        with pytest.raises(MTError, match=f"model.attn_window=64 cannot be exported to {target}"):
+            check_representable({"positions": "sinusoidal", "attn_window": 64}, fmt)
+        check_representable({"positions": "learned", "attn_window": 0}, fmt)
 
 
 def test_mt_export_command(overfit_run, tmp_path):

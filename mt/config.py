@@ -286,6 +286,13 @@ class DecodeConfig:
     """Write a PNG of each of the first attention_lines outputs' cross-attention here."""
     attention_lines: int = 20
     """How many input lines get an attention picture."""
+    shortlist: int = 0
+    """K > 0: score only a shortlist of output pieces per batch (faster on CPU): the K most
+    frequent target pieces of the run's training data, each source piece's
+    shortlist_per_source most likely others, and eos (mt/shortlist.py); 0: whole vocabulary.
+    Beam and greedy search of one checkpoint (engine=torch), not sampling."""
+    shortlist_per_source: int = 20
+    """With decode.shortlist: target pieces added per source piece of a batch (0 to 256)."""
 
 
 @dataclass
@@ -560,6 +567,12 @@ def validate_decode(decode: DecodeConfig) -> None:
     if decode.no_repeat_ngram < 0:
         raise ConfigError(f"decode.no_repeat_ngram={decode.no_repeat_ngram} must be 0 or more.")
     _check_choice("decode.alignment_unit", decode.alignment_unit, ("piece", "word"))
+    if decode.shortlist < 0:
+        raise ConfigError(f"decode.shortlist={decode.shortlist} must be 0 (off) or more.")
+    if not 0 <= decode.shortlist_per_source <= 256:  # mt.shortlist.MAX_DEPTH
+        raise ConfigError(
+            f"decode.shortlist_per_source={decode.shortlist_per_source} must be in 0..256."
+        )
     if decode.constraints is not None and decode.sampling:
         raise ConfigError("decode.constraints needs beam search, not decode.sampling=true.")
 

@@ -3,12 +3,15 @@
 Pure tensor code, no I/O: a model goes in, ranked :class:`Hypothesis` lists come out. Every search
 takes the same :class:`Limits` (bos/eos ids, length caps). Rows of finished sentences leave the
 decoder state (``state.reorder``), so later steps run on fewer rows.
+Greedy and beam search take an optional output shortlist (``vocab``, ``mt.shortlist``): the model
+then scores only those ids, search runs over their positions, and outputs are mapped back to ids.
 Search runs under ``torch.no_grad``, not ``inference_mode``: autocast caches its bf16 copies of the
 weights only outside inference mode, and without the cache every step casts every weight again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +46,9 @@ class IncrementalDecoder(Protocol):
         """Decoder state for B sources x ``rows_per_source`` (K) rows, up to ``max_len`` steps.
 
         ``decode_step`` takes and returns the rows in the state's order: for each source,
-        its K rows (search views [N, ...] as [B, K, ...]).
+        its K rows (search views [N, ...] as [B, K, ...]). Only a shortlisted search also
+        passes ``vocab=`` (candidate ids [C]): ``decode_step`` then takes and returns positions
+        in ``vocab`` (tokens [N] in [0, C), logits [N, C]), as ``mt.model.Seq2Seq`` does.
         """
 
     def decode_step(self, tokens: Tensor, state: Any) -> Tensor:
@@ -183,18 +188,88 @@ def _pick_sample(
 
 
 def _start(
-    model: IncrementalDecoder, src: Tensor, src_pad_mask: Tensor, limits: Limits, beam: int
+    model: IncrementalDecoder,
+    src: Tensor,
+    src_pad_mask: Tensor,
+    limits: Limits,
+    beam: int,
+    prefix: Tensor | None = None,
+    vocab: Tensor | None = None,
 ) -> tuple[_Stepper, Tensor, int]:
-    """Encode the sources and start a decoder state of `beam` rows per source.
+    """Check the prefix against the length caps, encode the sources and start a decoder state
+    of `beam` rows per source (scoring only the ids in `vocab` [C], if given).
 
     Returns the stepper, each sentence's cap on output tokens (LongTensor [B]) and the number
     of decoder steps the longest cap needs.
     """
     max_lens = limits.output_lens(src_pad_mask)
+    check_prefix(prefix, max_lens)
     n_steps = int(max_lens.max()) + 1  # the last step can only emit eos
     memory = model.encode(src, src_pad_mask)
-    state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=beam)
+    extra = {} if vocab is None else {"vocab": vocab}  # plain models need not know the keyword
+    state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=beam, **extra)
     return _Stepper(model, state, limits.eos_id), max_lens, n_steps
+
+
+# --- output shortlist ----------------------------------------------------------------------------
+# With ``vocab`` (sorted candidate ids [C]) search runs in shortlist space: every token it handles
+# (bos/eos, prefix, constraints, n-gram history, the output seqs) is a position in ``vocab``; the
+# model maps positions to ids before its embedding, and the finished outputs are mapped back.
+
+
+def check_vocab(vocab: Tensor) -> None:
+    """Refuse a shortlist that is not a sorted 1-D LongTensor of distinct ids."""
+    if vocab.dim() != 1 or vocab.dtype != torch.long or vocab.numel() == 0:
+        raise ValueError("a shortlist (vocab) must be a non-empty 1-D LongTensor of ids.")
+    if vocab.numel() > 1 and not bool((vocab[1:] > vocab[:-1]).all()):
+        raise ValueError("a shortlist (vocab) must be sorted ascending without repeats.")
+
+
+def to_shortlist(vocab: Tensor, ids: Tensor, what: str) -> Tensor:
+    """Positions in sorted `vocab` [C] of `ids` (any shape); -1 entries stay -1.
+
+    Raises:
+        ValueError: If an id (>= 0) is not in the shortlist, naming `what` it belongs to.
+    """
+    pos = torch.searchsorted(vocab, ids.clamp(min=0)).clamp_(max=vocab.numel() - 1)
+    found = vocab[pos] == ids
+    if not bool((found | (ids < 0)).all()):
+        missing = int(ids[~found & (ids >= 0)][0])
+        raise ValueError(f"the shortlist (vocab) lacks id {missing} of the {what}.")
+    return torch.where(ids < 0, ids, pos)
+
+
+def _shortlisted(
+    vocab: Tensor | None, limits: Limits, prefix: Tensor | None, constraints: Constraints | None
+) -> tuple[Limits, Tensor | None, Constraints | None]:
+    """Limits, prefix and constraints in shortlist space (unchanged without a shortlist)."""
+    if vocab is None:
+        return limits, prefix, constraints
+    check_vocab(vocab)
+    specials = to_shortlist(
+        vocab, torch.tensor([limits.bos_id, limits.eos_id]).to(vocab), "bos/eos"
+    )
+    limits = dataclasses.replace(limits, bos_id=int(specials[0]), eos_id=int(specials[1]))
+    if prefix is not None:
+        prefix = to_shortlist(vocab, prefix, "target prefix")
+    if constraints is not None:
+        tokens = to_shortlist(vocab, constraints.tokens, "constraints")
+        constraints = dataclasses.replace(constraints, tokens=tokens)
+    return limits, prefix, constraints
+
+
+def _nbest(
+    finished: list[list[Hypothesis]], nbest: int, vocab: Tensor | None
+) -> list[list[Hypothesis]]:
+    """The ``nbest`` best of each sentence's finished hypotheses, their shortlist positions
+    mapped to ids."""
+    best = [sorted(hyps, key=_ranking, reverse=True)[:nbest] for hyps in finished]
+    if vocab is None:
+        return best
+    ids = vocab.tolist()
+    return [
+        [dataclasses.replace(h, tokens=[ids[t] for t in h.tokens]) for h in hyps] for hyps in best
+    ]
 
 
 def _forced_at(prefix: Tensor | None, sources: Tensor, step: int) -> Tensor | None:
@@ -247,17 +322,20 @@ def _decode_paths(
     pick: Callable[[Tensor], tuple[Tensor, Tensor]],
     prefix: Tensor | None = None,
     no_repeat_ngram: int = 0,
+    vocab: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Extend one path per sentence until eos; finished rows leave the state.
 
     ``pick`` maps log-probs [N, V] to the chosen tokens [N] and their log-probs [N]; where a
-    target prefix forces a token, it is the only one left to pick.
+    target prefix forces a token, it is the only one left to pick. With a shortlist ``vocab``
+    [C], V is C and the outputs are mapped back to ids.
     """
-    b, device, eos_id = src.size(0), src.device, limits.eos_id
+    b, device = src.size(0), src.device
     if b == 0:
         return []
-    stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, beam=1)
-    check_prefix(prefix, max_lens)
+    limits, prefix, _ = _shortlisted(vocab, limits, prefix, None)
+    eos_id = limits.eos_id
+    stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, 1, prefix, vocab)
     out = torch.full((b, n_steps), eos_id, dtype=torch.long, device=device)  # [B, T]
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # [B], eos included
     logprobs = torch.zeros(b, device=device)  # [B]
@@ -278,6 +356,8 @@ def _decode_paths(
                 break
             stepper.state.reorder(keep)
             rows, tokens = rows[keep], tokens[keep]
+    if vocab is not None:
+        out = vocab[out]  # shortlist positions -> ids
     return [
         Hypothesis(seq[: n - 1], lp / length_penalty(n, 1.0), lp)
         for seq, n, lp in zip(out.tolist(), lengths.tolist(), logprobs.tolist(), strict=True)
@@ -292,6 +372,7 @@ def greedy_search(
     limits: Limits,
     prefix: Tensor | None = None,
     no_repeat_ngram: int = 0,
+    vocab: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Translate by taking the most probable token at every step.
 
@@ -303,12 +384,20 @@ def greedy_search(
         prefix: Target prefix ids [B, P], -1 after each sentence's prefix: every output starts
             with its prefix, scored as the model scores it (the output tokens include it).
         no_repeat_ngram: N > 0 never emits an n-gram of N tokens twice in one output.
+        vocab: Output shortlist, sorted distinct ids [C] holding bos, eos and every prefix
+            token: the model scores only these (logits [N, C]), so outputs hold only these
+            ids and log-probs are normalized over them. None scores the whole vocabulary.
 
     Returns:
         One hypothesis per sentence, in input order. Scores use lenpen 1.0, the
         ``beam_search`` default, so ``beam_search(beam=1)`` gives the same hypotheses.
+
+    Raises:
+        ValueError: If ``vocab`` is not sorted or lacks bos, eos or a prefix token.
     """
-    return _decode_paths(model, src, src_pad_mask, limits, _pick_argmax, prefix, no_repeat_ngram)
+    return _decode_paths(
+        model, src, src_pad_mask, limits, _pick_argmax, prefix, no_repeat_ngram, vocab
+    )
 
 
 @torch.no_grad()
@@ -541,12 +630,12 @@ def beam_search(
     prefix: Tensor | None = None,
     no_repeat_ngram: int = 0,
     constraints: Constraints | None = None,
+    vocab: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch with beam search; the decoder runs on B' * K rows per step.
 
-    A sentence is done at its max length, where eos is forced, or once its ``beam`` best finished
-    hypotheses outscore its best live one ended at the next step (see ``_advance``); its rows
-    then leave the state.
+    A sentence is done at its max length (eos is forced) or once its ``beam`` best finished
+    hypotheses outscore its best live one ended next step (``_advance``); its rows then leave.
 
     Args:
         model, src, src_pad_mask, limits: As in ``greedy_search``.
@@ -556,22 +645,22 @@ def beam_search(
             longer outputs.
         prefix: As in ``greedy_search``; while a sentence is inside its prefix, its one live
             hypothesis takes the forced token, and the beam opens after it.
-        no_repeat_ngram: As in ``greedy_search``.
         constraints: Phrases each output must contain (``mt.constraints``); one that hits its
             length cap first ends anyway, ranked after those that are ``complete``.
+        no_repeat_ngram, vocab: As in ``greedy_search``; vocab holds the constraint ids too.
 
     Returns:
         Per sentence (input order), up to ``nbest`` hypotheses sorted by score, best first.
 
     Raises:
-        ValueError: If not 1 <= nbest <= beam.
+        ValueError: If not 1 <= nbest <= beam, or ``vocab`` lacks an id it must hold.
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"beam search needs 1 <= nbest <= beam, got nbest={nbest}, beam={beam}.")
     if src.size(0) == 0:
         return []
-    stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, beam)
-    check_prefix(prefix, max_lens)
+    limits, prefix, constraints = _shortlisted(vocab, limits, prefix, constraints)
+    stepper, max_lens, n_steps = _start(model, src, src_pad_mask, limits, beam, prefix, vocab)
     first_cap = int(max_lens.min())
     beams = _init_beams(max_lens, beam, constraints)
     tokens = torch.full_like(beams.scores, limits.bos_id, dtype=torch.long)  # [B, K]
@@ -588,7 +677,7 @@ def beam_search(
             break
         stepper.state.reorder(live, slots)
         tokens = beams.seqs[:, :, -1]  # [B'', K]
-    return [sorted(hyps, key=_ranking, reverse=True)[:nbest] for hyps in finished]
+    return _nbest(finished, nbest, vocab)
 
 
 def _ranking(hyp: Hypothesis) -> tuple[bool, float]:

@@ -29,7 +29,8 @@ from mt.model.precision import quantize_int8
 from mt.rundir import RunDir
 from mt.runtime import autocast, setup_hardware
 from mt.search import Hypothesis, Limits, beam_search, greedy_search, sample
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from mt.shortlist import ShortlistTable, load_shortlist
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 log = logging.getLogger("mt.translate")
 
@@ -50,6 +51,8 @@ class LoadedRun:
     """A bilingual run's target language ("" when unknown)."""
     src_tag: int | None = None
     """Id every source starts with: the tag of decode.tgt_lang (see `for_target`)."""
+    run_dir: Path | None = None
+    """The run folder it was loaded from (decode.shortlist caches its table there)."""
 
 
 def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
@@ -90,6 +93,7 @@ def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
         min(c["model_args"]["max_positions"] for c in ckpts),
         paths[0],
         **_languages(ckpts[0]),
+        run_dir=Path(run_dir),
     )
 
 
@@ -183,9 +187,14 @@ class Translator:
         self.run, self.decode, self.device, self.precision = run, decode, device, precision
         self.generator = torch.Generator(device=device).manual_seed(decode.seed)
         self.limits = limits_for(run, decode)
+        self.shortlist = shortlist_table(run, decode)
 
     def _search(
-        self, src: torch.Tensor, prefix: torch.Tensor | None, constraints: Constraints | None
+        self,
+        src: torch.Tensor,
+        prefix: torch.Tensor | None,
+        constraints: Constraints | None,
+        vocab: torch.Tensor | None = None,
     ) -> list[list[Hypothesis]]:
         d, mask, model, limits = self.decode, src == PAD_ID, self.run.model, self.limits
         if d.sampling:
@@ -195,12 +204,30 @@ class Translator:
             )  # fmt: skip
             return [[h] for h in found]
         if d.beam == 1 and constraints is None:
-            found = greedy_search(model, src, mask, limits, prefix, d.no_repeat_ngram)
+            found = greedy_search(model, src, mask, limits, prefix, d.no_repeat_ngram, vocab)
             return [[h] for h in found]
         return beam_search(
             model, src, mask, limits, beam=d.beam, nbest=d.nbest, lenpen=d.lenpen, prefix=prefix,
-            no_repeat_ngram=d.no_repeat_ngram, constraints=constraints,
+            no_repeat_ngram=d.no_repeat_ngram, constraints=constraints, vocab=vocab,
         )  # fmt: skip
+
+    def _candidates(
+        self, src: torch.Tensor, prefixes: list[list[int]] | None, phrases: list[list[list[int]]]
+    ) -> torch.Tensor | None:
+        """The batch's output shortlist (sorted ids on the device), or None without one:
+        decode.shortlist's ids, bos/eos/unk, and the ids of the batch's prefixes and
+        constraints, which the outputs must be able to hold."""
+        if self.shortlist is None:
+            return None
+        always = {BOS_ID, EOS_ID, UNK_ID}
+        for seq in prefixes or []:
+            always.update(seq)
+        for line in phrases:
+            for phrase in line:
+                always.update(phrase)
+        d = self.decode
+        vocab = self.shortlist.candidates(src, d.shortlist, d.shortlist_per_source, always)
+        return vocab.to(self.device)
 
     def translate(
         self,
@@ -234,8 +261,13 @@ class Translator:
                 if phrases is None
                 else Constraints.from_lists([phrases[i] for i in rows], self.device)
             )
+            vocab = self._candidates(
+                src,
+                None if forced is None else [forced[i] for i in rows],
+                [] if phrases is None else [phrases[i] for i in rows],
+            )
             with autocast(self.precision, self.device):  # search runs under no_grad itself
-                found = self._search(src.to(self.device), _to(prefix, self.device), cons)
+                found = self._search(src.to(self.device), _to(prefix, self.device), cons, vocab)
             for i, hyps in zip(rows, found, strict=True):
                 if not hyps[0].complete:
                     log.warning(
@@ -270,6 +302,30 @@ class Translator:
                 text = f"{text}\t{pharaoh(weights.mean(0), src_pieces, pieces, d.alignment_unit)}"
             out.append(text)
         return out
+
+
+def shortlist_table(run: LoadedRun, decode: DecodeConfig) -> ShortlistTable | None:
+    """The table of decode.shortlist (counted and cached in the run folder on first use), or
+    None when it is 0.
+
+    Raises:
+        MTError: If decode.shortlist is asked of sampling or an ensemble, in one sentence.
+    """
+    if not decode.shortlist:
+        return None
+    from mt.ensemble import Ensemble
+
+    if decode.sampling:
+        raise MTError(
+            "decode.shortlist works with beam and greedy search only; drop it for "
+            "decode.sampling=true."
+        )
+    if isinstance(run.model, Ensemble):
+        raise MTError("decode.shortlist decodes one checkpoint; drop it for an ensemble.")
+    if run.run_dir is None:
+        raise MTError("decode.shortlist needs the run folder the model was loaded from.")
+    sha256 = {"src": run.src_tok.sha256(), "tgt": run.tgt_tok.sha256()}
+    return load_shortlist(run.run_dir, sha256)
 
 
 def limits_for(run: LoadedRun, decode: DecodeConfig) -> Limits:
@@ -514,6 +570,11 @@ def make_translator(
     if engine == "ctranslate2":
         from mt.ct2 import CT2Translator
 
+        if decode.shortlist:
+            raise MTError(
+                "decode.shortlist needs engine=torch; engine=ctranslate2 scores the whole "
+                "vocabulary."
+            )
         return CT2Translator(run, decode, device, precision)
     return Translator(run, decode, device, precision)
 

@@ -3,7 +3,7 @@
     python scripts/bench_translate.py [--preset small] [--batches 2] [--length 24]
                                       [--precision auto] [--run-dir runs/multi30k_en_de]
                                       [--test-precisions fp32,int8,bf16] [--engines]
-                                      [--profile]
+                                      [--shortlist K] [--profile]
 
 All models get random weights, the same batches of 64 source sentences of equal length, and
 the same forced output length: end-of-sentence is suppressed (CTranslate2:
@@ -15,13 +15,17 @@ Face in one precision, auto: bf16 where this CPU multiplies bf16 natively, as `m
 picks, else fp32); mt int8 is compared with CTranslate2 int8. With --run-dir, also times
 Multi30k test2016 (batches of 64) with that run in each of --test-precisions and reports BLEU;
 with --engines too, the same through engine=ctranslate2 (float32 and int8), with the share of
-beam-5 lines identical to mt fp32. --profile adds torch.profiler's view of mt's search: aten
-ops per decoder step and the ops that take the time. The last line is JSON.
+beam-5 lines identical to mt fp32. With --run-dir and --shortlist K, each mt system runs again
+with decode.shortlist=K, on the line after its full-vocabulary one: speed (and the speed-up),
+BLEU, the share of lines identical to the full-vocabulary output, and the mean shortlist size.
+--profile adds torch.profiler's view of mt's search: aten ops per decoder step and the ops that
+take the time. The last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -230,9 +234,13 @@ def _time_translator(translator, src: list[str]) -> tuple[float, list[str]]:
     return sorted(times)[1], hyps
 
 
-def test_set_speed(run_dir: Path, corpus: Path, systems: list[tuple[str, str]]) -> dict:
+def test_set_speed(
+    run_dir: Path, corpus: Path, systems: list[tuple[str, str]], shortlist: int = 0
+) -> dict:
     """Translate test2016 with a trained run (batches of 64) in each (engine, precision) and
-    score it; lines identical to the first system's beam-5 output are counted."""
+    score it; lines identical to the first system's beam-5 output are counted. With
+    `shortlist` K > 0, each engine=torch system runs again with decode.shortlist=K, and its
+    lines are compared with that system's full-vocabulary output."""
     src, ref = _test2016(corpus)
     run = load_run(run_dir, None, CPU)
     out, first = {}, {}
@@ -243,18 +251,55 @@ def test_set_speed(run_dir: Path, corpus: Path, systems: list[tuple[str, str]]) 
             translator = make_translator(run, decode, CPU, precision, engine)
             seconds, hyps = _time_translator(translator, src)
             first.setdefault(name, hyps)
-            same = sum(a == b for a, b in zip(hyps, first[name], strict=True)) / len(src)
-            score = sacrebleu.corpus_bleu(hyps, [ref]).score
             system = f"{'mt' if engine == 'torch' else 'ct2'}_{precision}"
-            out[f"test2016_{system}_{name}"] = {
-                "seconds_median_of_3": round(seconds, 2), "sent_s": round(len(src) / seconds, 1),
-                "bleu": round(score, 2), "identical_to_first": round(same, 4),
-            }  # fmt: skip
-            print(f"test2016 {system:<9} {name:<6}: {seconds:5.1f} s for {len(src)} sentences "
-                  f"({len(src) / seconds:6.1f} sent/s), BLEU {score:.2f}, "
-                  f"{100 * same:5.1f}% lines as {systems[0][0]} {systems[0][1]} "
-                  f"({run.checkpoint.name})", flush=True)  # fmt: skip
+            out[f"test2016_{system}_{name}"] = _report(
+                system, name, seconds, hyps, ref, first[name], f"{systems[0][0]} {systems[0][1]}",
+                run.checkpoint.name,
+            )  # fmt: skip
+            if shortlist and engine == "torch":
+                decode = dataclasses.replace(decode, shortlist=shortlist)
+                translator = make_translator(run, decode, CPU, precision, engine)
+                sizes = _count_shortlists(translator)
+                fast, short_hyps = _time_translator(translator, src)
+                size = f"shortlist {sum(sizes) / len(sizes):.0f} of {run.tgt_tok.vocab_size}"
+                out[f"test2016_{system}_sl{shortlist}_{name}"] = _report(
+                    f"{system}_sl{shortlist}", name, fast, short_hyps, ref, hyps,
+                    f"{system} full vocab", size, speedup=seconds / fast,
+                )  # fmt: skip
     return out
+
+
+def _count_shortlists(translator) -> list[int]:
+    """The shortlist size of every batch the translator decodes from now on."""
+    sizes: list[int] = []
+    candidates = translator._candidates
+
+    def counted(*args):
+        vocab = candidates(*args)
+        sizes.append(len(vocab))
+        return vocab
+
+    translator._candidates = counted
+    return sizes
+
+
+def _report(system, name, seconds, hyps, ref, baseline, baseline_name, note, speedup=None):
+    """Print one test2016 line and return its numbers."""
+    src_len = len(hyps)
+    same = sum(a == b for a, b in zip(hyps, baseline, strict=True)) / src_len
+    score = sacrebleu.corpus_bleu(hyps, [ref]).score
+    faster = "" if speedup is None else f", {speedup:.2f}x the full vocabulary"
+    print(f"test2016 {system:<14} {name:<6}: {seconds:5.1f} s for {src_len} sentences "
+          f"({src_len / seconds:6.1f} sent/s{faster}), BLEU {score:.2f}, "
+          f"{100 * same:5.1f}% lines as {baseline_name} ({note})", flush=True)  # fmt: skip
+    row = {
+        "seconds_median_of_3": round(seconds, 2), "sent_s": round(src_len / seconds, 1),
+        "bleu": round(score, 2), "identical_to_first": round(same, 4),
+    }  # fmt: skip
+    if speedup is not None:  # a shortlist run, compared with its full-vocabulary run
+        row["identical_to_full_vocab"] = row.pop("identical_to_first")
+        row["speedup_over_full_vocab"] = round(speedup, 2)
+    return row
 
 
 def main() -> None:
@@ -278,6 +323,10 @@ def main() -> None:
         "--engines", action="store_true",
         help="with --run-dir: also test2016 through engine=ctranslate2 in fp32 and int8",
     )  # fmt: skip
+    parser.add_argument(
+        "--shortlist", type=int, default=0, metavar="K",
+        help="with --run-dir: also test2016 with decode.shortlist=K in each mt precision",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="also profile mt's search: ops per step and the top ops")  # fmt: skip
     args = parser.parse_args()
@@ -294,7 +343,7 @@ def main() -> None:
         systems = [("torch", pick_precision(n, CPU)) for n in names]
         if args.engines:
             systems += [("ctranslate2", "fp32"), ("ctranslate2", "int8")]
-        results.update(test_set_speed(args.run_dir, args.multi30k, systems))
+        results.update(test_set_speed(args.run_dir, args.multi30k, systems, args.shortlist))
     print(json.dumps(results))
 
 

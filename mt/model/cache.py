@@ -122,6 +122,9 @@ class DecoderState:
         cross_caches: Per-layer cross-attention K/V computed once per source sentence [B, ...].
         memory_mask: Bool [B, 1, 1, S], True where the memory may be attended (not padding).
         rows_per_source: K.
+        vocab: Output shortlist, candidate ids [C] (None: the whole vocabulary): decode steps
+            then take and return positions in it (`mt.search`).
+        out_weight: The output projection's rows of those ids [C, D], sliced once per search.
     """
 
     def __init__(
@@ -130,11 +133,15 @@ class DecoderState:
         cross_caches: list[KVCache],
         memory_mask: Tensor,
         rows_per_source: int = 1,
+        vocab: Tensor | None = None,
+        out_weight: Tensor | None = None,
     ) -> None:
         self.self_caches = self_caches
         self.cross_caches = cross_caches
         self.memory_mask = memory_mask
         self.rows_per_source = rows_per_source
+        self.vocab = vocab
+        self.out_weight = out_weight
         self.n_rows = memory_mask.shape[0] * rows_per_source  # N
         self.step = 0  # number of target positions already decoded
 

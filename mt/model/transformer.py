@@ -212,7 +212,12 @@ class Seq2Seq(nn.Module):
         return self.project(packing.unpack(hidden))  # [N_t, D] -> [B, T, D] -> [B, T, V]
 
     def init_state(
-        self, memory: Tensor, src_pad_mask: Tensor, max_len: int, rows_per_source: int = 1
+        self,
+        memory: Tensor,
+        src_pad_mask: Tensor,
+        max_len: int,
+        rows_per_source: int = 1,
+        vocab: Tensor | None = None,
     ) -> DecoderState:
         """Start incremental decoding for N = B x rows_per_source rows.
 
@@ -223,6 +228,9 @@ class Seq2Seq(nn.Module):
             rows_per_source: K rows decode each source (beam search: the beam size), laid
                 out as `DecoderState` says; a source's cross-attention K/V are stored once and
                 its K queries attend to them together, so beams never copy the memory.
+            vocab: Output shortlist, candidate ids [C], or None for the whole vocabulary. Its
+                rows of the output projection are sliced here, once; every `decode_step` then
+                takes positions in `vocab` [N] and returns logits over it [N, C].
 
         Returns:
             State with cross-attention K/V computed once per layer and empty self-attention caches.
@@ -240,13 +248,31 @@ class Seq2Seq(nn.Module):
             _, h, _, dh = k.shape
             n_rows = n_src * rows_per_source
             selfs.append(KVCache.empty(n_rows, h, max_len, dh, dtype=dtype, device=k.device))
-        return DecoderState(selfs, cross, attend_mask(src_pad_mask), rows_per_source)
+        out_weight = None if vocab is None else self._shortlist_weight(vocab)
+        return DecoderState(
+            selfs, cross, attend_mask(src_pad_mask), rows_per_source, vocab, out_weight
+        )
+
+    def _shortlist_weight(self, vocab: Tensor) -> Tensor:
+        """The output projection's rows of `vocab` [C, D], in the dtype autocast would cast
+        them to (so no step casts them again: autocast caches casts of parameters only)."""
+        weight = self.decoder.embed.tokens.weight
+        rows = weight.index_select(0, vocab.to(weight.device))
+        device = weight.device.type
+        if torch.is_autocast_enabled(device):
+            rows = rows.to(torch.get_autocast_dtype(device))
+        return rows
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """Last token of each row, tokens [N] -> logits [N, V] for the next position.
 
-        Advances `state.step` by one.
+        With a shortlist (`init_state(vocab=...)`), tokens are positions in it and the logits
+        [N, C] cover its ids only. Advances `state.step` by one.
         """
+        if state.vocab is not None:
+            tokens = state.vocab[tokens]  # shortlist positions -> ids
         hidden = self.decoder.step(tokens, state)  # [N] -> [N, D]
         state.step += 1
+        if state.out_weight is not None:
+            return F.linear(hidden, state.out_weight)
         return self.project(hidden)

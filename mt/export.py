@@ -59,17 +59,13 @@ TARGETS = {"ctranslate2": "CTranslate2", "huggingface": "Hugging Face transforme
 # What each exporter can hold: format -> model key -> the values it represents exactly.
 # CTranslate2 has rotary (half-split) and Shaw relative self-attention; Marian and Pegasus
 # (and M2M100) add absolute positions to the embeddings only.
-_REPRESENTABLE: dict[str, dict[str, tuple[Any, ...]]] = {
-    "ctranslate2": {
-        "positions": ("sinusoidal", "learned", "rope", "relative"),
-        "activation": ("relu", "gelu"),
-        "norm": ("pre", "post"),
-    },
-    "huggingface": {
-        "positions": ("sinusoidal", "learned"),
-        "activation": ("relu", "gelu"),
-        "norm": ("pre", "post"),
-    },
+_HELD_BY_BOTH: dict[str, tuple[Any, ...]] = {
+    "activation": ("relu", "gelu"),
+    "norm": ("pre", "post"),
+}
+_REPRESENTABLE: dict[str, dict[str, tuple[Any, ...]]] = {  # positions first (check_representable)
+    "ctranslate2": {"positions": ("sinusoidal", "learned", "rope", "relative"), **_HELD_BY_BOTH},
+    "huggingface": {"positions": ("sinusoidal", "learned"), **_HELD_BY_BOTH},
 }
 # Keys that change no computation at inference, or that every exporter copies as they are
 # (max_relative_positions is nonzero with positions=relative only, which the formats check).

@@ -30,7 +30,6 @@ so log-probs are normalized over the candidates, as in Marian and CTranslate2 (v
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,8 +40,10 @@ import torch
 import yaml
 from torch import Tensor
 
+from mt.checkpoint import save_checkpoint
 from mt.errors import MTError
 from mt.manifest import load_manifest
+from mt.rundir import RunDir
 from mt.shards import Shard
 
 log = logging.getLogger("mt.translate")
@@ -85,16 +86,14 @@ class ShortlistTable:
         return torch.cat([self.frequent[:k], rows[taken], extra]).unique()  # sorted
 
     def save(self, path: Path) -> None:
-        """Write the table atomically (a temp file, then a rename)."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        """Write the table atomically, as checkpoints are written."""
         payload = {
             "format": FORMAT,
             "sha256": dict(self.sha256),
             "frequent": self.frequent.to(torch.int32),
             "per_source": self.per_source.to(_storage(len(self.frequent))),
         }
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        save_checkpoint(payload, path)
 
     @classmethod
     def load(cls, path: Path) -> ShortlistTable | None:
@@ -185,7 +184,7 @@ def _merge(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray
 
 def training_data(run_dir: Path) -> Path:
     """The prepared data folder a run trained on, as its config.yaml names it."""
-    config = run_dir / "config.yaml"
+    config = RunDir(run_dir).config
     try:
         cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):

@@ -12,6 +12,7 @@ from mt.config import ConfigError, DecodeConfig, model_preset, validate_decode
 from mt.constraints import Constraints
 from mt.errors import MTError
 from mt.model import transformer
+from mt.model.precision import quantize_int8
 from mt.search import Limits, beam_search, greedy_search
 from mt.shortlist import TABLE, ShortlistTable, build_table, load_shortlist
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
@@ -81,6 +82,14 @@ def test_under_bf16_autocast_too(model, batch, how):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         full = _search(model, batch, how)
         assert _search(model, batch, how, vocab=torch.arange(V)) == full
+
+
+@pytest.mark.parametrize("how", ["greedy", "beam", "beam_constraints"])
+def test_in_int8_too(model, batch, how):
+    int8 = quantize_int8(model)  # its output projection too: the shortlist slices int8 rows
+    full = _search(int8, batch, how)
+    assert full != _search(model, batch, how)  # int8 logits are not the fp32 ones
+    assert _search(int8, batch, how, vocab=torch.arange(V)) == full
 
 
 @pytest.mark.parametrize("how", ["greedy", "beam"])

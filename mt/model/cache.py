@@ -8,6 +8,8 @@ per source, and reorders them together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -124,7 +126,8 @@ class DecoderState:
         rows_per_source: K.
         vocab: Output shortlist, candidate ids [C] (None: the whole vocabulary): decode steps
             then take and return positions in it (`mt.search`).
-        out_weight: The output projection's rows of those ids [C, D], sliced once per search.
+        project: hidden [N, D] -> logits [N, C] over those ids: the output projection's rows,
+            sliced once per search (`Seq2Seq.init_state`).
     """
 
     def __init__(
@@ -134,14 +137,14 @@ class DecoderState:
         memory_mask: Tensor,
         rows_per_source: int = 1,
         vocab: Tensor | None = None,
-        out_weight: Tensor | None = None,
+        project: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.self_caches = self_caches
         self.cross_caches = cross_caches
         self.memory_mask = memory_mask
         self.rows_per_source = rows_per_source
         self.vocab = vocab
-        self.out_weight = out_weight
+        self.project = project
         self.n_rows = memory_mask.shape[0] * rows_per_source  # N
         self.step = 0  # number of target positions already decoded
 

@@ -4,6 +4,7 @@ Decoder steps on CPU run as two fp32 matmuls (`_attention_by_matmul`) over fp32 
 (`step_cache_dtype`); CPU bf16 training takes SDPA's math backend (`_slow_cpu_flash_backward`).
 Everywhere else `attention` is plain `F.scaled_dot_product_attention`. Linear layers are plain
 `nn.Linear`: CPU bf16 needs native bf16 matmuls, which `mt.runtime.pick_precision` checks.
+`quantize_int8` is precision=int8: int8 weights for the linear layers and the output projection.
 """
 
 from __future__ import annotations
@@ -57,18 +58,55 @@ def step_cache_dtype(k: Tensor) -> torch.dtype:
     return torch.float32 if k.device.type == "cpu" else k.dtype
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose nn.Linear layers run dynamic int8 quantization (CPU inference).
+class Int8Rows:
+    """A [V, D] projection weight in int8 with one scale per row, applied by fbgemm's dynamic
+    int8 linear (activations quantized per call, as in torch's quantized nn.Linear).
 
-    Weights are int8 with one scale per tensor (the default dynamic qconfig); activations are
-    quantized per batch on the fly; the output projection (tied to the embedding, not an
-    nn.Linear) and attention stay fp32. This is torch's eager quantization API: deprecated in
-    favour of torchao, but present and working in the torch this project pins, so its
+    For the tied output projection, which is an embedding rather than an nn.Linear and so is
+    left alone by `quantize_dynamic`. Per-row scales keep rare pieces' small rows exact to 1/127
+    of their own range; a shortlist's rows (`rows`) are the same int8 values and scales.
+    """
+
+    def __init__(self, weight: Tensor, scales: Tensor | None = None) -> None:
+        weight = weight.detach().float()
+        if scales is None:
+            scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+        self.weight, self.scales = weight, scales
+        zeros = torch.zeros(weight.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized-tensor deprecation (see quantize_int8)
+            packed = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(packed, None)
+
+    def rows(self, ids: Tensor) -> Int8Rows:
+        """The projection onto `ids` [C] only: their rows, quantized with their own scales."""
+        return Int8Rows(self.weight.index_select(0, ids), self.scales.index_select(0, ids))
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        """hidden [..., D] (fp32) -> [..., V] fp32."""
+        return torch.ops.quantized.linear_dynamic(hidden, self.packed, True)  # reduce_range
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose nn.Linear layers and output projections run int8 (CPU inference).
+
+    Weights are int8 with one scale per output row, as CTranslate2 keeps them: nn.Linear
+    layers through the per-channel dynamic qconfig, and the tied output projection of each
+    `Seq2Seq` (an embedding, not an nn.Linear) as `Int8Rows`. Activations are quantized per
+    batch on the fly; attention stays fp32. This is torch's eager quantization API: deprecated
+    in favour of torchao, but present and working in the torch this project pins, so its
     deprecation and quantized-tensor warnings are silenced here.
     """
+    from mt.model.transformer import Seq2Seq  # the model module imports this one
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig})
+    for module in quantized.modules():
+        if isinstance(module, Seq2Seq):
+            module.int8_output = Int8Rows(module.decoder.embed.tokens.weight)
+    return quantized
 
 
 def attention(

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -15,7 +17,7 @@ from torch import Tensor, nn
 from mt.model.cache import DecoderState, KVCache
 from mt.model.layers import DecoderLayer, Embeddings, EncoderLayer
 from mt.model.packing import Packing
-from mt.model.precision import step_cache_dtype
+from mt.model.precision import Int8Rows, step_cache_dtype
 from mt.model.window import band_mask, encoder_window
 
 
@@ -162,6 +164,7 @@ class Seq2Seq(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.pad_id = pad_id
+        self.int8_output: Int8Rows | None = None  # set by mt.model.precision.quantize_int8
 
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
         """src [B, S], src_pad_mask [B, S] (True = pad) -> memory [B, S, D] (zero at pads)."""
@@ -189,6 +192,8 @@ class Seq2Seq(nn.Module):
 
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden [..., D] -> logits [..., V] with the tied target embedding (no bias)."""
+        if self.int8_output is not None:
+            return self.int8_output(hidden)
         return F.linear(hidden, self.decoder.embed.tokens.weight)
 
     def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
@@ -248,20 +253,23 @@ class Seq2Seq(nn.Module):
             _, h, _, dh = k.shape
             n_rows = n_src * rows_per_source
             selfs.append(KVCache.empty(n_rows, h, max_len, dh, dtype=dtype, device=k.device))
-        out_weight = None if vocab is None else self._shortlist_weight(vocab)
+        project = None if vocab is None else self._shortlist_projection(vocab)
         return DecoderState(
-            selfs, cross, attend_mask(src_pad_mask), rows_per_source, vocab, out_weight
+            selfs, cross, attend_mask(src_pad_mask), rows_per_source, vocab, project
         )
 
-    def _shortlist_weight(self, vocab: Tensor) -> Tensor:
-        """The output projection's rows of `vocab` [C, D], in the dtype autocast would cast
-        them to (so no step casts them again: autocast caches casts of parameters only)."""
+    def _shortlist_projection(self, vocab: Tensor) -> Callable[[Tensor], Tensor]:
+        """hidden [N, D] -> logits [N, C] over `vocab` [C]: the output projection's rows of
+        those ids, sliced once, in int8 (`int8_output`) or in the dtype autocast would cast them
+        to (so no step casts them again: autocast caches casts of parameters only)."""
+        if self.int8_output is not None:
+            return self.int8_output.rows(vocab.cpu())
         weight = self.decoder.embed.tokens.weight
         rows = weight.index_select(0, vocab.to(weight.device))
         device = weight.device.type
         if torch.is_autocast_enabled(device):
             rows = rows.to(torch.get_autocast_dtype(device))
-        return rows
+        return functools.partial(F.linear, weight=rows)
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """Last token of each row, tokens [N] -> logits [N, V] for the next position.
@@ -273,6 +281,6 @@ class Seq2Seq(nn.Module):
             tokens = state.vocab[tokens]  # shortlist positions -> ids
         hidden = self.decoder.step(tokens, state)  # [N] -> [N, D]
         state.step += 1
-        if state.out_weight is not None:
-            return F.linear(hidden, state.out_weight)
+        if state.project is not None:
+            return state.project(hidden)
         return self.project(hidden)

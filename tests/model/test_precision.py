@@ -71,3 +71,36 @@ def test_bf16_on_a_cpu_with_bf16_matmuls_is_kept(monkeypatch) -> None:
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "bf16_supported", lambda device: True)
     assert runtime.pick_precision("bf16", cpu) == runtime.pick_precision("auto", cpu) == "bf16"
+
+
+def test_int8_rows_project_within_a_rows_own_scale() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(50, 16) * torch.logspace(-2, 0, 50)[:, None]  # rows of unequal size
+    hidden = torch.randn(6, 16)
+    rows = precision.Int8Rows(weight)
+    out, reference = rows(hidden), hidden @ weight.T
+    assert out.dtype == torch.float32 and out.shape == (6, 50)
+    assert not torch.equal(out, reference)  # it is quantized
+    # each logit is off by at most its row's quantization step plus the activations' one
+    bound = (weight.abs().amax(1) / 127 * hidden.abs().sum(1, keepdim=True)) + (
+        hidden.abs().amax() / 63 * weight.abs().sum(1)
+    )
+    assert bool(((out - reference).abs() <= bound).all())
+    ids = torch.tensor([3, 49, 0, 17])
+    torch.testing.assert_close(rows.rows(ids)(hidden), out[:, ids])
+
+
+def test_int8_quantizes_the_tied_output_projection_of_a_copy() -> None:
+    from mt.config import model_preset
+    from mt.model import transformer
+
+    torch.manual_seed(0)
+    model = transformer(src_vocab_size=30, tgt_vocab_size=30, **vars(model_preset("tiny"))).eval()
+    int8 = precision.quantize_int8(model)
+    assert model.int8_output is None and int8.int8_output is not None
+    hidden = torch.randn(5, model.decoder.embed.tokens.embedding_dim)
+    with torch.no_grad():
+        full, quantized = model.project(hidden), int8.project(hidden)
+    assert not torch.equal(full, quantized)
+    torch.testing.assert_close(quantized, full, atol=0.05 * full.abs().max().item(), rtol=0)
+    assert bool((quantized.argmax(1) == full.argmax(1)).float().mean() >= 0.8)

@@ -181,7 +181,7 @@ class Translator:
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
         if decode.ensemble_weights is not None:
             run = dataclasses.replace(run, model=_reweighted(run.model, decode.ensemble_weights))
-        if precision == "int8":  # dynamic int8 linear layers, on a copy of the loaded model
+        if precision == "int8":  # int8 linear layers and output projection, on a copy
             run = dataclasses.replace(run, model=quantize_int8(run.model))
         run = for_target(run, decode.tgt_lang)
         self.run, self.decode, self.device, self.precision = run, decode, device, precision

@@ -8,7 +8,7 @@ that names the key. `model_preset` reads a configs/model/ preset the same way wi
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -214,6 +214,14 @@ class TrainLoopConfig:
     """Wrap the model in torch.compile."""
     max_bad_steps: int = 5
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
+    fallback_model: str = ""
+    """A model preset (configs/model/) to train instead when the configured model, timed for a
+    few updates on this machine before training, would make fewer than
+    train.fallback_below_steps updates in train.max_minutes. The preset's sizes (d_model,
+    n_heads, layers, d_ff) replace the model's; its other settings stay. The choice is logged and
+    written to the run's config.yaml; a resumed run keeps the model it started with. Empty: off."""
+    fallback_below_steps: int = 0
+    """See train.fallback_model."""
 
 
 @dataclass
@@ -552,6 +560,24 @@ def validate_train(cfg: TrainConfig) -> None:
         raise ConfigError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
     if t.max_tokens < 8:
         raise ConfigError(f"train.max_tokens={t.max_tokens} is too small for any batch.")
+    if t.fallback_model:
+        if t.max_minutes <= 0 or t.fallback_below_steps <= 0:
+            raise ConfigError(
+                f"train.fallback_model={t.fallback_model} needs train.max_minutes and "
+                "train.fallback_below_steps above 0: it trains the fallback when the model would "
+                "make fewer than that many updates in that time."
+            )
+        validate_model(fallback_model(cfg.model, t.fallback_model))
+
+
+FALLBACK_SIZES = ("d_model", "n_heads", "n_layers_enc", "n_layers_dec", "d_ff")
+"""What train.fallback_model takes from its preset."""
+
+
+def fallback_model(model: ModelConfig, preset: str) -> ModelConfig:
+    """`model` with the sizes of configs/model/<preset>.yaml (train.fallback_model)."""
+    sizes = model_preset(preset)
+    return replace(model, **{key: getattr(sizes, key) for key in FALLBACK_SIZES})
 
 
 def validate_decode(decode: DecodeConfig) -> None:

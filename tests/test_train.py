@@ -115,6 +115,60 @@ def test_bad_model_config_is_a_clear_error(prepared_dir, tmp_path):
     assert_clean_error(result, "model.d_model=30 is not divisible by model.n_heads=4")
 
 
+def test_fallback_model_trains_when_the_model_is_too_slow_for_the_minutes(prepared_dir, tmp_path):
+    run = tmp_path / "r"
+    extra = (
+        "model.d_model=48", "model.d_ff=96", "model.dropout=0.1", "model.positions=rope",
+        "train.max_minutes=5", "train.fallback_model=tiny", "train.fallback_below_steps=10000000",
+    )  # fmt: skip
+    run_train(train_config(prepared_dir, run, "train.max_steps=4", *extra))
+    args = load_checkpoint(run / "checkpoints" / "last.pt")["model_args"]
+    # tiny's sizes (d_model 32, d_ff 64) replace the model's; its other settings stay
+    assert (args["d_model"], args["d_ff"], args["dropout"], args["positions"]) == (
+        32,
+        64,
+        0.1,
+        "rope",
+    )
+    assert "d_model: 32" in (run / "config.yaml").read_text()
+    resumed = run_train(train_config(prepared_dir, run, "train.max_steps=6", *extra))
+    assert resumed["step"] == 6
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["model_args"]["d_model"] == 32
+    assert (run / "train.log").read_text().count("speed check") == 1  # timed once, then kept
+
+
+def test_fallback_model_stays_unused_when_the_model_is_fast_enough(prepared_dir, tmp_path):
+    run = tmp_path / "r"
+    extra = ("model.d_model=48", "train.max_minutes=5", "train.fallback_model=tiny")
+    run_train(
+        train_config(prepared_dir, run, "train.max_steps=2", "train.fallback_below_steps=1", *extra)
+    )
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["model_args"]["d_model"] == 48
+    assert "keeping the configured model" in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ("train.fallback_model=tiny", "train.fallback_below_steps=100"),
+            "needs train.max_minutes",
+        ),
+        (
+            ("train.fallback_model=nano", "train.fallback_below_steps=100", "train.max_minutes=5"),
+            "model='nano' is not a preset",
+        ),
+    ],
+)
+def test_bad_fallback_model_is_a_clear_error(prepared_dir, tmp_path, overrides, message):
+    result = mt(
+        "train", f"data_dir={prepared_dir}", f"run_dir={tmp_path / 'r'}", "model=tiny",
+        "train.device=cpu", *overrides,
+    )  # fmt: skip
+    assert_clean_error(result, message)
+    assert not (tmp_path / "r").exists()
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     result = mt("train", f"data_dir={tmp_path / 'nope'}", f"run_dir={tmp_path / 'r'}")
     assert_clean_error(result, "has no manifest.json")

@@ -125,11 +125,29 @@ def _fit_model_to_minutes(
     fallback = dataclasses.replace(cfg, model=fallback_model(cfg.model, t.fallback_model))
     if run.trained:
         recorded = _recorded_model_args(run)
-        return fallback if recorded == _model_args(fallback, manifest) else cfg
+        chosen = fallback if recorded == _model_args(fallback, manifest) else cfg
+    else:
+        chosen = _timed_choice(cfg, fallback, manifest, data_dir, device, precision, dist)
+    if chosen is fallback and dist.is_main:  # _start_run_dir wrote the configured model
+        run.config.write_text(OmegaConf.to_yaml(OmegaConf.structured(fallback)))
+    return chosen
+
+
+def _timed_choice(
+    cfg: TrainConfig,
+    fallback: TrainConfig,
+    manifest: Manifest,
+    data_dir: Path,
+    device: torch.device,
+    precision: str,
+    dist: Dist,
+) -> TrainConfig:
+    """cfg if its timed pace makes train.fallback_below_steps updates in the minutes, else
+    fallback; the log says which and why."""
+    t = cfg.train
     seconds = _seconds_per_update(cfg, manifest, data_dir, device, precision, dist)
     seconds = all_reduce_max([seconds], device)[0]
     steps = t.max_minutes * 60 / seconds
-    sizes = ", ".join(f"{key} {getattr(fallback.model, key)}" for key in FALLBACK_SIZES)
     if steps >= t.fallback_below_steps:
         log.info(
             "speed check: %.2f s per update here, about %d updates in train.max_minutes=%g "
@@ -137,13 +155,12 @@ def _fit_model_to_minutes(
             seconds, steps, t.max_minutes, t.fallback_below_steps,
         )  # fmt: skip
         return cfg
+    sizes = ", ".join(f"{key} {getattr(fallback.model, key)}" for key in FALLBACK_SIZES)
     log.info(
         "speed check: %.2f s per update here, about %d updates in train.max_minutes=%g, fewer "
         "than train.fallback_below_steps=%d: training train.fallback_model=%s instead (%s)",
         seconds, steps, t.max_minutes, t.fallback_below_steps, t.fallback_model, sizes,
     )  # fmt: skip
-    if dist.is_main:
-        run.config.write_text(OmegaConf.to_yaml(OmegaConf.structured(fallback)))
     return fallback
 
 

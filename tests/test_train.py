@@ -134,6 +134,7 @@ def test_fallback_model_trains_when_the_model_is_too_slow_for_the_minutes(prepar
     resumed = run_train(train_config(prepared_dir, run, "train.max_steps=6", *extra))
     assert resumed["step"] == 6
     assert load_checkpoint(run / "checkpoints" / "last.pt")["model_args"]["d_model"] == 32
+    assert "d_model: 32" in (run / "config.yaml").read_text()  # rewritten on resume too
     assert (run / "train.log").read_text().count("speed check") == 1  # timed once, then kept
 
 

@@ -3,7 +3,7 @@
     python scripts/bench_translate.py [--preset small] [--batches 2] [--length 24]
                                       [--precision auto] [--run-dir runs/multi30k_en_de]
                                       [--test-precisions fp32,int8,bf16] [--engines]
-                                      [--shortlist K] [--profile]
+                                      [--shortlist K] [--profile] [--rounds 3] [--repeats 3]
 
 All models get random weights, the same batches of 64 source sentences of equal length, and
 the same forced output length: end-of-sentence is suppressed (CTranslate2:
@@ -20,15 +20,26 @@ with decode.shortlist=K, on the line after its full-vocabulary one: speed (and t
 BLEU, the share of lines identical to the full-vocabulary output, and the mean shortlist size.
 --profile adds torch.profiler's view of mt's search: aten ops per decoder step and the ops that
 take the time. The last line is JSON.
+
+Each system is timed in a process of its own (this script again, with --system): in one
+process, the peers' thread pools and allocations slow whichever engine runs next (mt's greedy
+search ran at 0.33-0.36 s per batch alone and 0.50-0.60 s after a CTranslate2 translator had
+run in the same process). The systems take turns, --repeats times, each turn a fresh process;
+a system's figure is the median of its turns, each turn's the median of --rounds passes over
+the batches, and the mt / CTranslate2 float32 ratio of every turn is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gzip
 import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,41 +154,76 @@ def time_ct2(translator, batches, beam: int, length: int) -> float:
     return time.perf_counter() - start
 
 
-def synthetic_speed(args, precision: str) -> dict:
-    torch.manual_seed(0)
-    cfg = model_preset(args.preset)
-    ours = NoEos(transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval())
-    hf = build_hf(cfg)
-    batches = [torch.randint(4, VOCAB - 1, (64, args.length)) for _ in range(args.batches)]
-    sentences = 64 * args.batches
+SYSTEMS = ("mt", "mt_int8", "hf", "ct2", "ct2_int8")
+
+
+def _batches(args) -> list[torch.Tensor]:
+    """The random source batches, the same in every process."""
+    gen = torch.Generator().manual_seed(1)
+    shape = (64, args.length)
+    return [torch.randint(4, VOCAB - 1, shape, generator=gen) for _ in range(args.batches)]
+
+
+def time_system(args, system: str, precision: str) -> dict[str, float]:
+    """Seconds for all batches (median of --rounds) with beam 5 and greedy, for one system."""
     import tempfile
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ct2_"))
-    peers = {"ct2": build_ct2(hf, tmp, "float32"), "ct2_int8": build_ct2(hf, tmp, "int8")}
-    ours_int8 = NoEos(quantize_int8(ours.model))
+    torch.manual_seed(0)
+    cfg = model_preset(args.preset)
+    batches = _batches(args)
+    if system in ("mt", "mt_int8"):
+        ours = NoEos(transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval())
+        if system == "mt_int8":
+            ours, precision = NoEos(quantize_int8(ours.model)), "fp32"
+        run = functools.partial(time_ours, ours, precision=precision)
+    elif system == "hf":
+        run = functools.partial(time_hf, build_hf(cfg), precision=precision)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="bench_ct2_"))
+        translator = build_ct2(build_hf(cfg), folder, "float32" if system == "ct2" else "int8")
+        run = functools.partial(time_ct2, translator)
     out = {}
     for beam in (5, 1):
-        name = "beam5" if beam == 5 else "greedy"
-        time_ours(ours, batches[:1], beam, 4, precision)  # warm-up
-        time_ours(ours_int8, batches[:1], beam, 4, "fp32")
-        time_hf(hf, batches[:1], beam, 4, precision)
-        for peer in peers.values():
-            time_ct2(peer, batches[:1], beam, 4)
-        times = {
-            "mt": time_ours(ours, batches, beam, args.length, precision),
-            "mt_int8": time_ours(ours_int8, batches, beam, args.length, "fp32"),
-            "hf": time_hf(hf, batches, beam, args.length, precision),
-            **{k: time_ct2(p, batches, beam, args.length) for k, p in peers.items()},
-        }
-        out[name] = {f"{k}_sent_s": round(sentences / t, 1) for k, t in times.items()}
-        out[f"ratio_{name}"] = round(times["hf"] / times["mt"], 2)
-        out[f"ratio_ct2_{name}"] = round(times["ct2"] / times["mt"], 2)
-        out[f"ratio_ct2_int8_{name}"] = round(times["ct2_int8"] / times["mt_int8"], 2)
-        speeds = " | ".join(f"{k} {sentences / t:6.1f}" for k, t in times.items())
+        run(batches[:1], beam=beam, length=4)  # warm-up
+        rounds = [run(batches, beam=beam, length=args.length) for _ in range(args.rounds)]
+        out["beam5" if beam == 5 else "greedy"] = statistics.median(rounds)
+    return out
+
+
+def _child(args, *flags: str) -> dict:
+    """Run this script with --system ... in a fresh process and return its JSON line."""
+    argv = [sys.executable, __file__, "--preset", args.preset, "--batches", str(args.batches),
+            "--length", str(args.length), "--rounds", str(args.rounds),
+            "--precision", args.precision, "--shortlist", str(args.shortlist), *flags]  # fmt: skip
+    if args.run_dir:
+        argv += ["--run-dir", str(args.run_dir), "--multi30k", str(args.multi30k)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench_translate: {' '.join(flags)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def synthetic_speed(args, precision: str) -> dict:
+    # The systems take turns, --repeats times, so a slow spell of a shared machine falls on
+    # all of them; each system's figure is the median of its repeats.
+    sweeps = [{system: _child(args, "--system", system) for system in SYSTEMS}
+              for _ in range(args.repeats)]  # fmt: skip
+    sentences = 64 * args.batches
+    out = {}
+    for name in ("beam5", "greedy"):
+        per_sweep = [sweep["ct2"][name] / sweep["mt"][name] for sweep in sweeps]
+        out[f"ratio_ct2_{name}_each"] = [round(r, 2) for r in per_sweep]
+        t = {system: statistics.median(sw[system][name] for sw in sweeps) for system in SYSTEMS}
+        out[name] = {f"{k}_sent_s": round(sentences / v, 1) for k, v in t.items()}
+        out[f"ratio_{name}"] = round(t["hf"] / t["mt"], 2)
+        out[f"ratio_ct2_{name}"] = round(t["ct2"] / t["mt"], 2)
+        out[f"ratio_ct2_int8_{name}"] = round(t["ct2_int8"] / t["mt_int8"], 2)
+        speeds = " | ".join(f"{k} {sentences / v:6.1f}" for k, v in t.items())
         print(
             f"{name:<6} sent/s: {speeds} | mt/HF {out[f'ratio_{name}']:.2f}x, "
             f"mt/CT2 fp32 {out[f'ratio_ct2_{name}']:.2f}x, "
-            f"mt int8/CT2 int8 {out[f'ratio_ct2_int8_{name}']:.2f}x",
+            f"mt int8/CT2 int8 {out[f'ratio_ct2_int8_{name}']:.2f}x "
+            f"(mt/CT2 fp32 in each turn: {', '.join(f'{r:.2f}' for r in per_sweep)})",
             flush=True,
         )
     return out
@@ -234,37 +280,52 @@ def _time_translator(translator, src: list[str]) -> tuple[float, list[str]]:
     return sorted(times)[1], hyps
 
 
-def test_set_speed(
-    run_dir: Path, corpus: Path, systems: list[tuple[str, str]], shortlist: int = 0
-) -> dict:
-    """Translate test2016 with a trained run (batches of 64) in each (engine, precision) and
-    score it; lines identical to the first system's beam-5 output are counted. With
-    `shortlist` K > 0, each engine=torch system runs again with decode.shortlist=K, and its
-    lines are compared with that system's full-vocabulary output."""
-    src, ref = _test2016(corpus)
+def time_test_system(run_dir: Path, corpus: Path, engine: str, precision: str, shortlist: int):
+    """test2016 through one (engine, precision): per search, seconds and outputs; with
+    `shortlist` K > 0 (engine torch), also with decode.shortlist=K and its mean size."""
+    src, _ = _test2016(corpus)
     run = load_run(run_dir, None, CPU)
-    out, first = {}, {}
+    out = {"checkpoint": run.checkpoint.name, "vocab": run.tgt_tok.vocab_size}
     for beam in (5, 1):
         name = "beam5" if beam == 5 else "greedy"
-        for engine, precision in systems:
-            decode = DecodeConfig(beam=beam, batch_size=64)
+        decode = DecodeConfig(beam=beam, batch_size=64)
+        translator = make_translator(run, decode, CPU, precision, engine)
+        out[name] = _time_translator(translator, src)
+        if shortlist and engine == "torch":
+            decode = dataclasses.replace(decode, shortlist=shortlist)
             translator = make_translator(run, decode, CPU, precision, engine)
-            seconds, hyps = _time_translator(translator, src)
+            sizes = _count_shortlists(translator)
+            out[f"{name}_sl"] = (*_time_translator(translator, src), sum(sizes) / len(sizes))
+    return out
+
+
+def test_set_speed(args, systems: list[tuple[str, str]]) -> dict:
+    """Translate test2016 with a trained run (batches of 64) in each (engine, precision), each
+    in its own process, and score it; lines identical to the first system's output with the
+    same search are counted. With --shortlist K > 0, each engine=torch system runs again with
+    decode.shortlist=K, and its lines are compared with that system's full-vocabulary output."""
+    _, ref = _test2016(args.multi30k)
+    shortlist = args.shortlist
+    runs = {
+        (engine, precision): _child(args, "--test-system", f"{engine}:{precision}")
+        for engine, precision in systems
+    }
+    out, first = {}, {}
+    for name in ("beam5", "greedy"):
+        for (engine, precision), res in runs.items():
+            seconds, hyps = res[name]
             first.setdefault(name, hyps)
             system = f"{'mt' if engine == 'torch' else 'ct2'}_{precision}"
             out[f"test2016_{system}_{name}"] = _report(
                 system, name, seconds, hyps, ref, first[name], f"{systems[0][0]} {systems[0][1]}",
-                run.checkpoint.name,
+                res["checkpoint"],
             )  # fmt: skip
-            if shortlist and engine == "torch":
-                decode = dataclasses.replace(decode, shortlist=shortlist)
-                translator = make_translator(run, decode, CPU, precision, engine)
-                sizes = _count_shortlists(translator)
-                fast, short_hyps = _time_translator(translator, src)
-                size = f"shortlist {sum(sizes) / len(sizes):.0f} of {run.tgt_tok.vocab_size}"
+            if f"{name}_sl" in res:
+                fast, short_hyps, size = res[f"{name}_sl"]
+                note = f"shortlist {size:.0f} of {res['vocab']}"
                 out[f"test2016_{system}_sl{shortlist}_{name}"] = _report(
                     f"{system}_sl{shortlist}", name, fast, short_hyps, ref, hyps,
-                    f"{system} full vocab", size, speedup=seconds / fast,
+                    f"{system} full vocab", note, speedup=seconds / fast,
                 )  # fmt: skip
     return out
 
@@ -329,11 +390,25 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="also profile mt's search: ops per step and the top ops")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="passes over the batches per system; the median counts")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="turns each system takes, in its own process each time")  # fmt: skip
+    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # a child's job
+    parser.add_argument("--test-system", help=argparse.SUPPRESS)  # engine:precision
     args = parser.parse_args()
     precision = pick_precision(args.precision, CPU)
+    if args.system:  # a child: one system, one JSON line
+        print(json.dumps(time_system(args, args.system, precision)))
+        return
+    if args.test_system:
+        engine, test_precision = args.test_system.split(":")
+        res = time_test_system(args.run_dir, args.multi30k, engine, test_precision, args.shortlist)
+        print(json.dumps(res))
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, "
-        f"{precision} (both systems)"
+        f"{precision} (both systems); each system in its own process"
     )
     results = {"precision": precision, **synthetic_speed(args, precision)}
     if args.profile:
@@ -343,7 +418,7 @@ def main() -> None:
         systems = [("torch", pick_precision(n, CPU)) for n in names]
         if args.engines:
             systems += [("ctranslate2", "fp32"), ("ctranslate2", "int8")]
-        results.update(test_set_speed(args.run_dir, args.multi30k, systems, args.shortlist))
+        results.update(test_set_speed(args, systems))
     print(json.dumps(results))
 
 

@@ -40,6 +40,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -126,8 +127,9 @@ class _StubTokenizer:
         return {piece: i for i, piece in enumerate([*names, "<pad>"])}
 
 
-def build_ct2(hf, folder: Path, compute_type: str):
-    """The Hugging Face Marian converted by CTranslate2's own `TransformersConverter`."""
+def build_ct2(cfg: ModelConfig, folder: Path, compute_type: str):
+    """The random Hugging Face Marian of `cfg` (`build_hf`, seed 0) converted by CTranslate2's
+    own `TransformersConverter` into `folder`, once: later calls load that conversion."""
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
 
@@ -136,7 +138,8 @@ def build_ct2(hf, folder: Path, compute_type: str):
             return _StubTokenizer()
 
     if not (folder / "ct2").is_dir():
-        hf.save_pretrained(folder / "hf")
+        torch.manual_seed(0)
+        build_hf(cfg).save_pretrained(folder / "hf")
         Converter(str(folder / "hf")).convert(str(folder / "ct2"))
     threads = torch.get_num_threads()
     return ctranslate2.Translator(str(folder / "ct2"), compute_type=compute_type,
@@ -166,8 +169,6 @@ def _batches(args) -> list[torch.Tensor]:
 
 def time_system(args, system: str, precision: str) -> dict[str, float]:
     """Seconds for all batches (median of --rounds) with beam 5 and greedy, for one system."""
-    import tempfile
-
     torch.manual_seed(0)
     cfg = model_preset(args.preset)
     batches = _batches(args)
@@ -179,8 +180,7 @@ def time_system(args, system: str, precision: str) -> dict[str, float]:
     elif system == "hf":
         run = functools.partial(time_hf, build_hf(cfg), precision=precision)
     else:
-        folder = Path(tempfile.mkdtemp(prefix="bench_ct2_"))
-        translator = build_ct2(build_hf(cfg), folder, "float32" if system == "ct2" else "int8")
+        translator = build_ct2(cfg, args.ct2_dir, "float32" if system == "ct2" else "int8")
         run = functools.partial(time_ct2, translator)
     out = {}
     for beam in (5, 1):
@@ -205,9 +205,12 @@ def _child(args, *flags: str) -> dict:
 
 def synthetic_speed(args, precision: str) -> dict:
     # The systems take turns, --repeats times, so a slow spell of a shared machine falls on
-    # all of them; each system's figure is the median of its repeats.
-    sweeps = [{system: _child(args, "--system", system) for system in SYSTEMS}
-              for _ in range(args.repeats)]  # fmt: skip
+    # all of them; each system's figure is the median of its repeats. The first CTranslate2
+    # turn converts the peer model into one folder that the later turns load.
+    with tempfile.TemporaryDirectory(prefix="bench_ct2_") as ct2_dir:
+        flags = ("--ct2-dir", ct2_dir)
+        sweeps = [{system: _child(args, "--system", system, *flags) for system in SYSTEMS}
+                  for _ in range(args.repeats)]  # fmt: skip
     sentences = 64 * args.batches
     out = {}
     for name in ("beam5", "greedy"):
@@ -396,6 +399,7 @@ def main() -> None:
                         help="turns each system takes, in its own process each time")  # fmt: skip
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # a child's job
     parser.add_argument("--test-system", help=argparse.SUPPRESS)  # engine:precision
+    parser.add_argument("--ct2-dir", type=Path, help=argparse.SUPPRESS)  # the converted peer
     args = parser.parse_args()
     precision = pick_precision(args.precision, CPU)
     if args.system:  # a child: one system, one JSON line

@@ -25,7 +25,7 @@ from mt.config import DecodeConfig, TranslateConfig, validate_decode
 from mt.constraints import Constraints
 from mt.data import pack_batches
 from mt.errors import MTError
-from mt.model.precision import quantize_int8
+from mt.model.precision import for_decoding
 from mt.rundir import RunDir
 from mt.runtime import autocast, setup_hardware
 from mt.search import Hypothesis, Limits, beam_search, greedy_search, sample
@@ -181,8 +181,8 @@ class Translator:
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
         if decode.ensemble_weights is not None:
             run = dataclasses.replace(run, model=_reweighted(run.model, decode.ensemble_weights))
-        if precision == "int8":  # int8 linear layers and output projection, on a copy
-            run = dataclasses.replace(run, model=quantize_int8(run.model))
+        # int8 linear layers and output projection, or the fp32 one packed for CPU: on a copy
+        run = dataclasses.replace(run, model=for_decoding(run.model, precision, device))
         run = for_target(run, decode.tgt_lang)
         self.run, self.decode, self.device, self.precision = run, decode, device, precision
         self.generator = torch.Generator(device=device).manual_seed(decode.seed)

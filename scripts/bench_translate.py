@@ -49,7 +49,7 @@ import torch
 
 from mt.config import DecodeConfig, ModelConfig, model_preset
 from mt.model import transformer
-from mt.model.precision import quantize_int8
+from mt.model.precision import for_decoding
 from mt.runtime import autocast, pick_precision
 from mt.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -174,9 +174,10 @@ def time_system(args, system: str, precision: str) -> dict[str, float]:
     cfg = model_preset(args.preset)
     batches = _batches(args)
     if system in ("mt", "mt_int8"):
-        ours = NoEos(transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval())
+        model = transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval()
         if system == "mt_int8":
-            ours, precision = NoEos(quantize_int8(ours.model)), "fp32"
+            precision = "int8"
+        ours = NoEos(for_decoding(model, precision, CPU))  # as `mt translate` lays it out
         run = functools.partial(time_ours, ours, precision=precision)
     elif system == "hf":
         run = functools.partial(time_hf, build_hf(cfg), precision=precision)
@@ -242,7 +243,8 @@ def profile_steps(args, precision: str) -> dict:
 
     torch.manual_seed(0)
     cfg = model_preset(args.preset)
-    ours = NoEos(transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval())
+    model = transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval()
+    ours = NoEos(for_decoding(model, precision, CPU))
     batch = [torch.randint(4, VOCAB - 1, (64, args.length))]
     out = {}
     for beam in (5, 1):

@@ -97,10 +97,36 @@ def test_int8_quantizes_the_tied_output_projection_of_a_copy() -> None:
     torch.manual_seed(0)
     model = transformer(src_vocab_size=30, tgt_vocab_size=30, **vars(model_preset("tiny"))).eval()
     int8 = precision.quantize_int8(model)
-    assert model.int8_output is None and int8.int8_output is not None
+    assert model.packed_output is None and int8.packed_output is not None
     hidden = torch.randn(5, model.decoder.embed.tokens.embedding_dim)
     with torch.no_grad():
         full, quantized = model.project(hidden), int8.project(hidden)
     assert not torch.equal(full, quantized)
     torch.testing.assert_close(quantized, full, atol=0.05 * full.abs().max().item(), rtol=0)
     assert bool((quantized.argmax(1) == full.argmax(1)).float().mean() >= 0.8)
+
+
+def test_fp32_cpu_decoding_packs_the_output_projection_of_a_copy_sharing_weights() -> None:
+    from mt.config import model_preset
+    from mt.model import transformer
+    from mt.search import Limits, beam_search, greedy_search
+
+    torch.manual_seed(0)
+    model = transformer(src_vocab_size=40, tgt_vocab_size=40, **vars(model_preset("tiny"))).eval()
+    packed = precision.for_decoding(model, "fp32", torch.device("cpu"))
+    assert model.packed_output is None
+    assert isinstance(packed.packed_output, precision.PackedRows)
+    weights = dict(packed.named_parameters())
+    assert all(p is weights[name] for name, p in model.named_parameters())  # no copy
+    hidden = torch.randn(7, model.decoder.embed.tokens.embedding_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(packed.project(hidden), model.project(hidden))
+        ids = torch.tensor([5, 39, 0, 17])
+        rows = packed.packed_output.rows(ids)
+        torch.testing.assert_close(rows(hidden), model.project(hidden)[:, ids])
+    src = torch.randint(4, 40, (6, 9))
+    limits = Limits(2, 3, max_len_a=1.0, max_len_b=3)  # bos 2, eos 3 (pad 0)
+    for search in (greedy_search, lambda *a: [h[0] for h in beam_search(*a, beam=3)]):
+        ours, plain = (search(m, src, src == 0, limits) for m in (packed, model))
+        assert [h.tokens for h in ours] == [h.tokens for h in plain]
+        torch.testing.assert_close([h.score for h in ours], [h.score for h in plain])

@@ -31,7 +31,8 @@ class IncrementalState(Protocol):
 
     def reorder(self, sources: Tensor, beams: Tensor | None = None) -> None:
         """New source i continues old source ``sources[i]`` [B'] with its old beam slots
-        ``beams[i]`` [B', K] (None when K is 1)."""
+        ``beams[i]`` [B', K] (None when K is 1). K may differ from the old rows per source:
+        beam search starts with one row per source and repeats it into K after one step."""
 
 
 class IncrementalDecoder(Protocol):
@@ -105,8 +106,11 @@ class _Stepper:
     as much as the log-softmax itself on CPU (large allocations are fresh pages every time).
     """
 
-    def __init__(self, model: IncrementalDecoder, state: IncrementalState, eos_id: int) -> None:
+    def __init__(
+        self, model: IncrementalDecoder, state: IncrementalState, eos_id: int, expand: int = 1
+    ) -> None:
         self.model, self.state, self.eos_id = model, state, eos_id
+        self.expand = expand  # > 1: the state has one row per source until the first step
         self._bufs: tuple[Tensor, Tensor] | None = None
 
     def __call__(
@@ -124,11 +128,13 @@ class _Stepper:
         ``banned`` (rows [M], tokens [M]) are set to -inf first (repeated n-grams). The result
         is overwritten by the next call.
         """
-        logits = self.model.decode_step(tokens, self.state)  # [N, V]
-        if self._bufs is None:
+        logits = self._first_step(tokens) if self.expand > 1 else None
+        if logits is None:
+            logits = self.model.decode_step(tokens, self.state)  # [N, V]
+        n = logits.size(0)
+        if self._bufs is None or self._bufs[0].size(0) < n:
             buf = logits.new_empty(logits.shape, dtype=torch.float32)
             self._bufs = (buf, torch.empty_like(buf))
-        n = logits.size(0)
         # Cast into one reused buffer, then log-softmax into the other: log_softmax(dtype=...)
         # would allocate, and page in, a fresh fp32 copy of the logits every step. Contiguous
         # fp32 logits need no cast.
@@ -150,14 +156,62 @@ class _Stepper:
                 lprobs[rows, forced[rows]] = kept
         return lprobs
 
+    def _first_step(self, tokens: Tensor) -> Tensor:
+        """Beam search's first step, on tokens [B * K] that are all bos: the K rows of a source
+        would all compute the same, so one row per source runs, and the state and the logits
+        [B, V] are then repeated to K rows (``reorder`` with K slots of slot 0)."""
+        k, self.expand = self.expand, 1
+        logits = self.model.decode_step(tokens[::k], self.state)  # [B, V]
+        sources = torch.arange(logits.size(0), device=tokens.device)
+        self.state.reorder(sources, torch.zeros_like(sources).unsqueeze(1).expand(-1, k))
+        return logits.repeat_interleave(k, dim=0)  # [B * K, V]
+
 
 # --- one path per sentence: greedy and sampling ------------------------------------------------
 
 
+# Reductions that return positions (max, argmax, topk) are not vectorized on CPU, plain maxima
+# are: over [64, 8000] log-probs `max(dim=1)` took 0.51-0.57 ms and `amax(dim=1)` 0.03-0.04 ms,
+# and `topk(10)` over [64, 40000] 1.9 ms (2-core AVX2 EPYC). So rows are searched by blocks of
+# _BLOCK: the block maxima by `amax`, then positions only within the few blocks that matter.
+_BLOCK = 64
+
+
+def _blocks(x: Tensor, k: int) -> Tensor | None:
+    """x [N, V] as [N, V / _BLOCK, _BLOCK], or None where blocks do not pay (or fit)."""
+    n, v = x.shape
+    if x.device.type != "cpu" or v % _BLOCK or v < 8 * k * _BLOCK or not x.is_contiguous():
+        return None
+    return x.view(n, v // _BLOCK, _BLOCK)
+
+
 def _pick_argmax(lprobs: Tensor) -> tuple[Tensor, Tensor]:
-    """Most probable token of each row: tokens [N] and their log-probs [N]."""
-    best, tokens = lprobs.max(dim=-1)
-    return tokens, best
+    """Most probable token of each row, the first on ties: tokens [N] and their log-probs [N]."""
+    blocks = _blocks(lprobs, 1)
+    if blocks is None:
+        best, tokens = lprobs.max(dim=-1)
+        return tokens, best
+    block = blocks.amax(dim=2).argmax(dim=1)  # [N]: the first block that holds the maximum
+    best, inner = blocks[torch.arange(blocks.size(0), device=block.device), block].max(dim=1)
+    return block * _BLOCK + inner, best
+
+
+def _topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``x.topk(k, dim=1)`` for x [N, V]: values and positions [N, k], largest first.
+
+    The k blocks with the largest maxima hold the k largest values (a value above the k-th
+    block maximum lies in a block ranked above it), so only their k * _BLOCK values are ranked.
+    Among equal values, positions may come in another order than ``topk``'s own.
+    """
+    blocks = _blocks(x, k)
+    if blocks is None:
+        values, index = x.topk(k, dim=1)
+        return values, index
+    n = x.size(0)
+    top = blocks.amax(dim=2).topk(k, dim=1).indices  # [N, k]
+    candidates = blocks.gather(1, top.unsqueeze(2).expand(n, k, _BLOCK)).view(n, k * _BLOCK)
+    values, pos = candidates.topk(k, dim=1)  # [N, k]
+    return values, top.gather(1, pos // _BLOCK) * _BLOCK + pos % _BLOCK
 
 
 def _restrict(logits: Tensor, topk: int, topp: float) -> Tensor:
@@ -197,7 +251,8 @@ def _start(
     vocab: Tensor | None = None,
 ) -> tuple[_Stepper, Tensor, int]:
     """Check the prefix against the length caps, encode the sources and start a decoder state
-    of `beam` rows per source (scoring only the ids in `vocab` [C], if given).
+    of `beam` rows per source (scoring only the ids in `vocab` [C], if given); the state holds
+    one row per source until the stepper's first step repeats it.
 
     Returns the stepper, each sentence's cap on output tokens (LongTensor [B]) and the number
     of decoder steps the longest cap needs.
@@ -207,8 +262,8 @@ def _start(
     n_steps = int(max_lens.max()) + 1  # the last step can only emit eos
     memory = model.encode(src, src_pad_mask)
     extra = {} if vocab is None else {"vocab": vocab}  # plain models need not know the keyword
-    state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=beam, **extra)
-    return _Stepper(model, state, limits.eos_id), max_lens, n_steps
+    state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=1, **extra)
+    return _Stepper(model, state, limits.eos_id, expand=beam), max_lens, n_steps
 
 
 # --- output shortlist ----------------------------------------------------------------------------
@@ -503,7 +558,7 @@ def _top_candidates(
     cumulative = lprobs.view(*beams.scores.shape, vocab).add_(beams.scores.unsqueeze(2))
     flat = cumulative.view(-1, beams.beam * vocab)  # [B', K, V] -> [B', K*V]
     # 2K: each hypothesis has one eos, so at least K candidates are not eos and can continue
-    scores, index = flat.topk(min(2 * beams.beam, flat.size(1)), dim=1)  # [B', 2K]
+    scores, index = _topk(flat, min(2 * beams.beam, flat.size(1)))  # [B', 2K]
     tokens = index % vocab
     if constraints is not None:
         return _constrained(beams, cumulative, index // vocab, tokens, constraints, eos_id)

@@ -35,13 +35,17 @@ class FakeState:
         self.max_len = max_len
         self.step = 0
         self.rows_per_step: list[int] = []
+        self.rows_per_source = 1
 
     def reorder(self, sources: Tensor, beams: Tensor | None = None) -> None:
-        """The layout of mt.model.DecoderState: row b*K + j is slot j of source b."""
-        k = 1 if beams is None else beams.shape[1]
+        """The layout of mt.model.DecoderState: row b*K + j is slot j of source b; beams
+        [B', K'] leave K' rows per source (beam search's first step repeats one into K)."""
+        k = self.rows_per_source
         index = sources if beams is None else (sources.unsqueeze(1) * k + beams).view(-1)
-        assert index.dtype == torch.long and index.numel() <= self.sent.numel()
+        assert index.dtype == torch.long and bool((index < self.sent.numel()).all())
+        assert beams is None or k in (1, beams.shape[1])  # only a first step changes K
         self.sent, self.fed = self.sent[index], self.fed[index]
+        self.rows_per_source = 1 if beams is None else beams.shape[1]
 
 
 class FakeDecoder:
@@ -60,6 +64,7 @@ class FakeDecoder:
         assert memory.size(0) == src_pad_mask.size(0)
         rows = memory[:, 0].repeat_interleave(rows_per_source)  # sentence index of each row
         self.states.append(FakeState(rows.clone(), max_len))
+        self.states[-1].rows_per_source = rows_per_source
         return self.states[-1]
 
     def decode_step(self, tokens: Tensor, state: FakeState) -> Tensor:
@@ -169,8 +174,9 @@ def test_beam_batch_one_sentence_finishes_early() -> None:
     #   log .05346 / (11/6) = -1.59754 < -1.40462: done
     check(out[1][0], [X, Y], 0.168, -1.33784)
     check(out[1][1], [Y, Y, Y, Y], 0.096228, -1.40462)
+    # one row per sentence at the first step (its rows would all be alike), then
     # 2 sentences x 2 beams, then sentence 0's rows leave the state after step 1
-    assert model.states[0].rows_per_step == [4, 4, 2, 2, 2]
+    assert model.states[0].rows_per_step == [2, 4, 2, 2, 2]
 
 
 # step 0: X .5, eos .4, Y .1;  after X: eos .7, X .3;  after Y: eos 1.0
@@ -230,7 +236,7 @@ def test_beam_forces_eos_at_max_length() -> None:
     #   [X X]: log .03 = -3.50656, / (8/6) = -2.62992;  [X Y]: log .024 = -3.72970 -> -2.79728
     check(out[0], [X, X], 0.03, -2.62992)
     check(out[1], [X, Y], 0.024, -2.79728)
-    assert model.states[0].rows_per_step == [2, 2, 2]
+    assert model.states[0].rows_per_step == [1, 2, 2]  # the first step: one row per sentence
 
 
 def test_greedy_forces_eos_at_max_length() -> None:
@@ -402,3 +408,48 @@ def test_outputs_never_outrun_the_models_positions() -> None:
     assert [len(hyps[0].tokens) for hyps in found] == [7, 7]
     with pytest.raises(IndexError):  # what the cap prevents
         greedy_search(model, src, mask, dataclasses.replace(limits, max_len=None))
+
+
+def test_blockwise_top_k_and_argmax_match_torchs() -> None:
+    from mt import search
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 64 * 160).log_softmax(dim=1)
+    x[1, 100:110] = x[1].max()  # ties for the maximum: the first one wins, as with max
+    x[2, :] = float("-inf")
+    x[2, 5000] = -1.0  # one finite value in a row, the rest -inf (a forced token)
+    x[3, 64 * 7 : 64 * 8] = 0.0  # one whole block of maxima
+    assert search._blocks(x, 10) is not None  # these sizes take the blockwise path
+    tokens, best = search._pick_argmax(x)
+    want_best, want_tokens = x.max(dim=1)
+    assert torch.equal(tokens, want_tokens) and torch.equal(best, want_best)
+    for k in (1, 10):
+        values, index = search._topk(x, k)
+        want_values, _ = x.topk(k, dim=1)
+        assert torch.equal(values, want_values)
+        assert torch.equal(x.gather(1, index), values)  # positions of those values
+        assert index.unique(dim=1).size(1) == k or bool((values == float("-inf")).any())
+    assert search._blocks(x[:, :-1].contiguous(), 1) is None  # not whole blocks: plain torch
+
+
+def test_beam_and_greedy_outputs_do_not_depend_on_blockwise_search(monkeypatch) -> None:
+    from mt import search
+    from mt.model import transformer
+
+    torch.manual_seed(0)
+    vocab = 64 * 64  # 5 beams x 4096 pieces: the top-10 runs blockwise
+    model = transformer(src_vocab_size=vocab, tgt_vocab_size=vocab, **vars(model_preset("tiny")))
+    model.eval()
+    src, mask = batch([9, 6, 4])
+    src = torch.randint(4, vocab, src.shape).masked_fill(mask, PAD)
+    limits = Limits(BOS, EOS, max_len_a=1.0, max_len_b=4)
+    blockwise = (
+        beam_search(model, src, mask, limits, beam=5, nbest=5),
+        greedy_search(model, src, mask, limits),
+    )
+    monkeypatch.setattr(search, "_blocks", lambda x, k: None)
+    plain = (
+        beam_search(model, src, mask, limits, beam=5, nbest=5),
+        greedy_search(model, src, mask, limits),
+    )
+    assert blockwise == plain

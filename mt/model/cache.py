@@ -162,7 +162,9 @@ class DecoderState:
 
         Args:
             sources: LongTensor [B'], old source of each new source (repeats allowed).
-            beams: LongTensor [B', K] of old beam slots in [0, K); None when K is 1.
+            beams: LongTensor [B', K'] of old beam slots in [0, K); None when K is 1. The state
+                has K' rows per source afterwards (beam search's first step runs one row per
+                source, then repeats it: K 1, K' the beam).
         """
         k = self.rows_per_source
         if beams is None:
@@ -170,7 +172,8 @@ class DecoderState:
                 raise ValueError(f"reorder needs beams with {k} rows per source.")
             rows = sources
         else:
-            rows = (sources.unsqueeze(1) * k + beams).view(-1)  # [B', K] -> [N' = B' * K]
+            rows = (sources.unsqueeze(1) * k + beams).view(-1)  # [B', K'] -> [N' = B' * K']
+            self.rows_per_source = beams.shape[1]
         for cache in self.self_caches:
             cache.reorder(rows)
         unchanged = sources.shape[0] == self.n_sources and bool(

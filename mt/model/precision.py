@@ -103,6 +103,9 @@ class PackedRows:
         self.weight = weight.detach().float()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight)
 
+    def __deepcopy__(self, memo: dict) -> PackedRows:
+        return self  # never changed after packing, and oneDNN's tensor cannot be deep-copied
+
     def rows(self, ids: Tensor) -> PackedRows:
         """The projection onto `ids` [C] only."""
         return PackedRows(self.weight.index_select(0, ids))

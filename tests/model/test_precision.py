@@ -118,6 +118,7 @@ def test_fp32_cpu_decoding_packs_the_output_projection_of_a_copy_sharing_weights
     assert isinstance(packed.packed_output, precision.PackedRows)
     weights = dict(packed.named_parameters())
     assert all(p is weights[name] for name, p in model.named_parameters())  # no copy
+    assert precision.for_decoding(packed, "fp32", torch.device("cpu")).packed_output is not None
     hidden = torch.randn(7, model.decoder.embed.tokens.embedding_dim)
     with torch.no_grad():
         torch.testing.assert_close(packed.project(hidden), model.project(hidden))

@@ -220,3 +220,26 @@ def test_k_rows_per_source_equal_one_row_per_copy_of_the_memory(k: int) -> None:
             if t == 2:
                 tokens = tokens.view(3, k, -1)[[0, 2]].reshape(2 * k, -1)
     assert shared.n_rows == copies.n_rows == 2 * k and shared.n_sources == 2
+
+
+def test_one_row_per_source_repeated_into_k_decodes_as_k_rows_from_the_start() -> None:
+    """Beam search's first step: one row per source, then `reorder` with K slots of slot 0
+    gives the state K rows per source, as if it had started with K."""
+    model, k = _model(), 3
+    src, pad_mask = _src([6, 2, 4])
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(4, V, (3 * k, 5), generator=gen)
+    tokens[:, 0] = BOS
+    with torch.no_grad():
+        memory = model.encode(src, pad_mask)
+        started = model.init_state(memory, pad_mask, max_len=8, rows_per_source=k)
+        grown = model.init_state(memory, pad_mask, max_len=8, rows_per_source=1)
+        first = model.decode_step(tokens[::k, 0], grown)  # [B, V]
+        torch.testing.assert_close(
+            first.repeat_interleave(k, 0), model.decode_step(tokens[:, 0], started)
+        )
+        grown.reorder(torch.arange(3), torch.zeros(3, k, dtype=torch.long))
+        assert grown.rows_per_source == k and grown.n_rows == 3 * k
+        for t in range(1, tokens.shape[1]):
+            a, b = model.decode_step(tokens[:, t], grown), model.decode_step(tokens[:, t], started)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -243,3 +243,25 @@ def test_one_row_per_source_repeated_into_k_decodes_as_k_rows_from_the_start() -
         for t in range(1, tokens.shape[1]):
             a, b = model.decode_step(tokens[:, t], grown), model.decode_step(tokens[:, t], started)
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_reorder_that_moves_few_rows_rewrites_only_those_and_equals_a_gather() -> None:
+    from mt.model.cache import KVCache, _moved_rows
+
+    gen = torch.Generator().manual_seed(0)
+    k, v = torch.randn(8, 2, 5, 3, generator=gen), torch.randn(8, 2, 5, 3, generator=gen)
+    index = torch.tensor([0, 1, 1, 3, 2, 5, 6, 7])  # rows 2 and 4 move (and swap sources)
+    moved = _moved_rows(index, 8)
+    assert moved is not None and moved.tolist() == [2, 4]
+    assert _moved_rows(torch.tensor([1, 0, 3, 2, 5, 4, 7, 6]), 8) is None  # all move: gather
+    assert _moved_rows(index[:6], 8) is None  # rows leave: gather
+    plain, partial = KVCache(k.clone(), v.clone(), size=3), KVCache(k.clone(), v.clone(), size=3)
+    plain.reorder(index)
+    partial.reorder(index, moved)
+    assert torch.equal(partial.keys, plain.keys) and torch.equal(partial.values, plain.values)
+    assert torch.equal(partial.keys, k[index, :, :3]) and torch.equal(
+        partial.values, v[index, :, :3]
+    )
+    assert torch.equal(
+        partial.k[:, :, 3:], k[:, :, 3:]
+    )  # positions not yet filled stay as they are

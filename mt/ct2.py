@@ -84,10 +84,11 @@ class CT2Translator:
             )
         run = for_target(run, decode.tgt_lang)
         folder = cached_export(run)
-        threads = torch.get_num_threads() if device.type == "cpu" else 0
+        inter = decode.inter_threads if device.type == "cpu" else 1
+        threads = max(1, torch.get_num_threads() // inter) if device.type == "cpu" else 0
         self.model = ctranslate2.Translator(
             str(folder), device=device.type, compute_type=COMPUTE_TYPES[precision],
-            intra_threads=threads,
+            inter_threads=inter, intra_threads=threads,
         )  # fmt: skip
         ctranslate2.set_random_seed(decode.seed)
         self.run, self.decode, self.device, self.precision = run, decode, device, precision

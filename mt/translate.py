@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,17 @@ def prepare_ids(run: LoadedRun, lines: list[str], where: str, first_line: int) -
     return ids
 
 
+@dataclass
+class _Job:
+    """One batch ready to decode: the input lines it holds and its tensors."""
+
+    rows: np.ndarray
+    src: torch.Tensor
+    prefix: torch.Tensor | None
+    constraints: Constraints | None
+    vocab: torch.Tensor | None
+
+
 class Translator:
     """Translates lists of sentences with one loaded run and decode settings."""
 
@@ -250,7 +262,8 @@ class Translator:
         lengths = np.array([len(ids[i]) + 1 for i in todo], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
         d = self.decode
-        for batch in pack_batches(order, lengths, d.max_tokens, max_sentences=d.batch_size):
+
+        def job(batch: np.ndarray) -> _Job:
             rows = todo[batch]
             src = torch.full((len(rows), int(lengths[batch].max())), PAD_ID, dtype=torch.long)
             for r, i in enumerate(rows):
@@ -266,8 +279,10 @@ class Translator:
                 None if forced is None else [forced[i] for i in rows],
                 [] if phrases is None else [phrases[i] for i in rows],
             )
-            with autocast(self.precision, self.device):  # search runs under no_grad itself
-                found = self._search(src.to(self.device), _to(prefix, self.device), cons, vocab)
+            return _Job(rows, src.to(self.device), _to(prefix, self.device), cons, vocab)
+
+        batches = pack_batches(order, lengths, d.max_tokens, max_sentences=d.batch_size)
+        for rows, found in self._decoded(job(batch) for batch in batches):
             for i, hyps in zip(rows, found, strict=True):
                 if not hyps[0].complete:
                     log.warning(
@@ -278,6 +293,28 @@ class Translator:
                 texts = self._annotate(ids[i], hyps, texts, where, first_line + i)
                 results[i] = [(t, h.score) for t, h in zip(texts, hyps, strict=True)]
         return results
+
+    def _decoded(self, jobs: Iterator[_Job]) -> Iterator[tuple[np.ndarray, list[list[Hypothesis]]]]:
+        """Each job's rows and hypotheses, in order. With decode.inter_threads N > 1 on CPU,
+        N batches decode at once, each on 1/N of PyTorch's threads (restored afterwards)."""
+        n = self.decode.inter_threads
+        if n == 1 or self.device.type != "cpu" or self.decode.sampling:
+            yield from ((job.rows, self._decode(job)) for job in jobs)
+            return
+        todo = list(jobs)  # at most decode.buffer_lines lines
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // n))
+        try:
+            with ThreadPoolExecutor(n) as pool:
+                rows = (job.rows for job in todo)
+                yield from zip(rows, pool.map(self._decode, todo), strict=True)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _decode(self, job: _Job) -> list[list[Hypothesis]]:
+        # autocast and no_grad are per thread: entered here, in the thread that decodes
+        with autocast(self.precision, self.device):  # search runs under no_grad itself
+            return self._search(job.src, job.prefix, job.constraints, job.vocab)
 
     def _annotate(
         self, src: list[int], hyps: list[Hypothesis], texts: list[str], where: str, line: int

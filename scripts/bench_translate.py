@@ -1,6 +1,7 @@
 """Decoding speed of mt against Hugging Face `generate` and CTranslate2 on models of one size.
 
     python scripts/bench_translate.py [--preset small] [--batches 2] [--length 24]
+                                      [--inter-threads 1,2]
                                       [--precision auto] [--run-dir runs/multi30k_en_de]
                                       [--test-precisions fp32,int8,bf16] [--engines]
                                       [--shortlist K] [--profile] [--rounds 3] [--repeats 3]
@@ -27,6 +28,12 @@ search ran at 0.33-0.36 s per batch alone and 0.50-0.60 s after a CTranslate2 tr
 run in the same process). The systems take turns, --repeats times, each turn a fresh process;
 a system's figure is the median of its turns, each turn's the median of --rounds passes over
 the batches, and the mt / CTranslate2 float32 ratio of every turn is printed too.
+
+Two thread layouts are timed, each a table of its own (--inter-threads): one batch at a time on
+all threads, and two batches at once on half the threads each (mt translate
+decode.inter_threads=2, CTranslate2's inter_threads=2 with intra_threads halved; Hugging Face
+from a thread pool the same way). The JSON's ratio_ct2_beam5 / ratio_ct2_greedy compare each
+engine in its faster layout; each layout's own ratios are under inter1 / inter2.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import sacrebleu
@@ -92,9 +100,21 @@ def build_hf(cfg: ModelConfig):
     return MarianMTModel(config).eval()
 
 
-def time_ours(model, batches, beam: int, length: int, precision: str) -> float:
+def _each(decode, batches, inter: int) -> float:
+    """Seconds to run decode(src) on every batch: one after another, or (inter > 1) inter
+    batches at once from a thread pool, as `mt translate decode.inter_threads=N` does."""
     start = time.perf_counter()
-    for src in batches:
+    if inter == 1:
+        for src in batches:
+            decode(src)
+    else:
+        with ThreadPoolExecutor(inter) as pool:
+            list(pool.map(decode, batches))
+    return time.perf_counter() - start
+
+
+def time_ours(model, batches, beam: int, length: int, precision: str, inter: int = 1) -> float:
+    def decode(src):
         mask = src == PAD_ID
         limits = Limits(BOS_ID, EOS_ID, max_len_a=0.0, max_len_b=length)
         with autocast(precision, CPU):
@@ -102,18 +122,19 @@ def time_ours(model, batches, beam: int, length: int, precision: str) -> float:
                 greedy_search(model, src, mask, limits)
             else:
                 beam_search(model, src, mask, limits, beam=beam)
-    return time.perf_counter() - start
+
+    return _each(decode, batches, inter)
 
 
-def time_hf(model, batches, beam: int, length: int, precision: str) -> float:
-    start = time.perf_counter()
-    for src in batches:
-        with autocast(precision, CPU):
+def time_hf(model, batches, beam: int, length: int, precision: str, inter: int = 1) -> float:
+    def decode(src):
+        with torch.no_grad(), autocast(precision, CPU):
             model.generate(
                 input_ids=src, attention_mask=src != PAD_ID, num_beams=beam, do_sample=False,
                 max_new_tokens=length + 1, min_new_tokens=length + 1, suppress_tokens=[EOS_ID],
             )  # fmt: skip
-    return time.perf_counter() - start
+
+    return _each(decode, batches, inter)
 
 
 class _StubTokenizer:
@@ -127,10 +148,11 @@ class _StubTokenizer:
         return {piece: i for i, piece in enumerate([*names, "<pad>"])}
 
 
-def build_ct2(cfg: ModelConfig, folder: Path, compute_type: str):
+def build_ct2(cfg: ModelConfig, folder: Path, compute_type: str, inter: int = 1):
     """The random Hugging Face Marian of `cfg` (`build_hf`, seed 0) converted by CTranslate2's
     own `TransformersConverter` into `folder`, once: later calls load that conversion (the
-    benchmark converts in a process of its own, `--convert-ct2`, so no timed process builds it)."""
+    benchmark converts in a process of its own, `--convert-ct2`, so no timed process builds it).
+    It runs `inter` batches at once (inter_threads), each on 1/inter of the threads."""
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
 
@@ -144,13 +166,16 @@ def build_ct2(cfg: ModelConfig, folder: Path, compute_type: str):
         Converter(str(folder / "hf")).convert(str(folder / "ct2"))
     threads = torch.get_num_threads()
     return ctranslate2.Translator(str(folder / "ct2"), compute_type=compute_type,
-                                  intra_threads=threads)  # fmt: skip
+                                  inter_threads=inter, intra_threads=threads)  # fmt: skip
 
 
-def time_ct2(translator, batches, beam: int, length: int) -> float:
+def time_ct2(translator, batches, beam: int, length: int, inter: int = 1) -> float:
+    """Batches one after another; with inter > 1 all sentences in one call, which CTranslate2
+    splits into batches of 64 and runs on its `inter` replicas at once."""
     tokens = [[[f"t{int(t)}" for t in row] for row in src] for src in batches]
+    calls = tokens if inter == 1 else [[row for src in tokens for row in src]]
     start = time.perf_counter()
-    for src in tokens:
+    for src in calls:
         translator.translate_batch(
             src, beam_size=beam, max_batch_size=64, min_decoding_length=length + 1,
             max_decoding_length=length + 1,
@@ -173,17 +198,20 @@ def time_system(args, system: str, precision: str) -> dict[str, float]:
     torch.manual_seed(0)
     cfg = model_preset(args.preset)
     batches = _batches(args)
+    inter = args.inter
+    torch.set_num_threads(max(1, torch.get_num_threads() // inter))  # each batch's share
     if system in ("mt", "mt_int8"):
         model = transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval()
         if system == "mt_int8":
             precision = "int8"
         ours = NoEos(for_decoding(model, precision, CPU))  # as `mt translate` lays it out
-        run = functools.partial(time_ours, ours, precision=precision)
+        run = functools.partial(time_ours, ours, precision=precision, inter=inter)
     elif system == "hf":
-        run = functools.partial(time_hf, build_hf(cfg), precision=precision)
+        run = functools.partial(time_hf, build_hf(cfg), precision=precision, inter=inter)
     else:
-        translator = build_ct2(cfg, args.ct2_dir, "float32" if system == "ct2" else "int8")
-        run = functools.partial(time_ct2, translator)
+        compute_type = "float32" if system == "ct2" else "int8"
+        translator = build_ct2(cfg, args.ct2_dir, compute_type, inter)
+        run = functools.partial(time_ct2, translator, inter=inter)
     out = {}
     for beam in (5, 1):
         run(batches[:1], beam=beam, length=4)  # warm-up
@@ -210,14 +238,40 @@ def synthetic_speed(args, precision: str) -> dict:
     # all of them; each system's figure is the median of its repeats. The CTranslate2 peer is
     # converted first, in a process of its own: building the Hugging Face model and converting
     # it in a timed process slowed CTranslate2 there (greedy 138 sent/s, against 264-268 in
-    # processes that only loaded the conversion).
-    with tempfile.TemporaryDirectory(prefix="bench_ct2_") as ct2_dir:
-        flags = ("--ct2-dir", ct2_dir)
-        _child(args, "--convert-ct2", *flags)
-        sweeps = [{system: _child(args, "--system", system, *flags) for system in SYSTEMS}
-                  for _ in range(args.repeats)]  # fmt: skip
+    # processes that only loaded the conversion). Each thread layout (--inter) is timed apart.
     sentences = 64 * args.batches
-    out = {}
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench_ct2_") as ct2_dir:
+        _child(args, "--convert-ct2", "--ct2-dir", ct2_dir)
+        for inter in args.inter_threads:
+            flags = ("--ct2-dir", ct2_dir, "--inter", str(inter))
+            sweeps = [{system: _child(args, "--system", system, *flags) for system in SYSTEMS}
+                      for _ in range(args.repeats)]  # fmt: skip
+            print(f"{_layout(inter)}:", flush=True)
+            out[f"inter{inter}"] = _layout_table(sweeps, sentences)
+    layouts = list(out.values())
+    for name in ("beam5", "greedy"):  # each engine in its faster layout
+        best = {system: max(layout[name][f"{system}_sent_s"] for layout in layouts)
+                for system in ("mt", "ct2", "mt_int8", "ct2_int8")}  # fmt: skip
+        out[f"ratio_ct2_{name}"] = round(best["mt"] / best["ct2"], 2)
+        out[f"ratio_ct2_int8_{name}"] = round(best["mt_int8"] / best["ct2_int8"], 2)
+        print(f"{name:<6} each engine in its faster layout: mt {best['mt']:.1f} sent/s, "
+              f"CTranslate2 {best['ct2']:.1f}: mt/CT2 fp32 {out[f'ratio_ct2_{name}']:.2f}x; "
+              f"int8 {best['mt_int8']:.1f} / {best['ct2_int8']:.1f}: "
+              f"{out[f'ratio_ct2_int8_{name}']:.2f}x", flush=True)  # fmt: skip
+    return out
+
+
+def _layout(inter: int) -> str:
+    threads = torch.get_num_threads()
+    if inter == 1:
+        return f"one batch at a time on {threads} threads"
+    return f"{inter} batches at once, {max(1, threads // inter)} thread(s) each"
+
+
+def _layout_table(sweeps: list[dict], sentences: int) -> dict:
+    """Print and return one layout's speeds (median of the turns) and ratios."""
+    out: dict = {}
     for name in ("beam5", "greedy"):
         per_sweep = [sweep["ct2"][name] / sweep["mt"][name] for sweep in sweeps]
         out[f"ratio_ct2_{name}_each"] = [round(r, 2) for r in per_sweep]
@@ -228,7 +282,7 @@ def synthetic_speed(args, precision: str) -> dict:
         out[f"ratio_ct2_int8_{name}"] = round(t["ct2_int8"] / t["mt_int8"], 2)
         speeds = " | ".join(f"{k} {sentences / v:6.1f}" for k, v in t.items())
         print(
-            f"{name:<6} sent/s: {speeds} | mt/HF {out[f'ratio_{name}']:.2f}x, "
+            f"  {name:<6} sent/s: {speeds} | mt/HF {out[f'ratio_{name}']:.2f}x, "
             f"mt/CT2 fp32 {out[f'ratio_ct2_{name}']:.2f}x, "
             f"mt int8/CT2 int8 {out[f'ratio_ct2_int8_{name}']:.2f}x "
             f"(mt/CT2 fp32 in each turn: {', '.join(f'{r:.2f}' for r in per_sweep)})",
@@ -403,6 +457,12 @@ def main() -> None:
                         help="passes over the batches per system; the median counts")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3,
                         help="turns each system takes, in its own process each time")  # fmt: skip
+    parser.add_argument(
+        "--inter-threads", type=lambda v: [int(n) for n in v.split(",")], default=[1, 2],
+        help="thread layouts to time, as decode.inter_threads: batches decoded at once, each "
+        "on 1/N of the threads (default 1,2)",
+    )  # fmt: skip
+    parser.add_argument("--inter", type=int, default=1, help=argparse.SUPPRESS)  # a child's
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # a child's job
     parser.add_argument("--test-system", help=argparse.SUPPRESS)  # engine:precision
     parser.add_argument("--ct2-dir", type=Path, help=argparse.SUPPRESS)  # the converted peer

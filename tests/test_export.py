@@ -37,12 +37,12 @@ def _decode(**kw) -> DecodeConfig:
     return DecodeConfig(**{"max_len_a": 1.2, "max_len_b": 10, **kw})
 
 
-def test_ctranslate2_greedy_is_token_identical(overfit_loaded):
+@pytest.mark.parametrize("inter", [1, 2])  # 2: two batches of 16 decode at once in each engine
+def test_ctranslate2_greedy_is_token_identical(overfit_loaded, inter):
     lines = _inputs()
-    ours = Translator(overfit_loaded, _decode(beam=1), CPU, "fp32").translate(lines)
-    theirs = make_translator(overfit_loaded, _decode(beam=1), CPU, "fp32", "ctranslate2").translate(
-        lines
-    )
+    decode = _decode(beam=1, batch_size=16, inter_threads=inter)
+    ours = Translator(overfit_loaded, decode, CPU, "fp32").translate(lines)
+    theirs = make_translator(overfit_loaded, decode, CPU, "fp32", "ctranslate2").translate(lines)
     assert [h[0][0] if h else None for h in theirs] == [h[0][0] if h else None for h in ours]
     for a, b in zip(ours, theirs, strict=True):
         if a:

@@ -44,6 +44,30 @@ def test_output_order_equals_input_order_for_shuffled_lengths(overfit_run, trans
     assert [hyps[0][0] for hyps in out] == [t for _, t in pairs]
 
 
+@pytest.mark.parametrize("beam", [1, 4])
+def test_batches_decoded_at_once_give_the_outputs_of_one_at_a_time(overfit_run, beam):
+    import torch
+
+    corpus, run_dir, _ = overfit_run
+    pairs = list(zip(_lines(corpus / "train.en"), _lines(corpus / "train.de"), strict=True))
+    random.Random(1).shuffle(pairs)
+    run = load_run(run_dir, None, torch.device("cpu"))
+    outputs, threads = [], torch.get_num_threads()
+    for inter in (1, 3):
+        decode = DecodeConfig(beam=beam, nbest=min(beam, 2), batch_size=2, inter_threads=inter)
+        translator = Translator(run, decode, torch.device("cpu"), "fp32")
+        outputs.append(translator.translate([s for s, _ in pairs]))
+        assert torch.get_num_threads() == threads  # restored after the batches
+    assert outputs[1] == outputs[0]
+    assert [hyps[0][0] for hyps in outputs[1]] == [t for _, t in pairs]
+
+
+def test_inter_threads_below_one_is_a_clear_error(overfit_run):
+    _, run, _ = overfit_run
+    result = mt("translate", f"run_dir={run}", "decode.inter_threads=0", stdin="a\n")
+    assert_clean_error(result, "decode.inter_threads")
+
+
 def test_nbest_is_sorted_by_score(overfit_run, translator):
     corpus, _, _ = overfit_run
     translator.decode.nbest = 4

@@ -154,6 +154,16 @@ class DecoderState:
         self.project = project
         self.n_rows = memory_mask.shape[0] * rows_per_source  # N
         self.step = 0  # number of target positions already decoded
+        self._memory_bias: Tensor | None = None
+
+    @property
+    def memory_bias(self) -> Tensor:
+        """`memory_mask` as an additive mask [B, 1, 1, S]: 0 where attended, -inf at padding
+        (fp32; made once per layout of the sources)."""
+        if self._memory_bias is None:
+            zeros = torch.zeros(self.memory_mask.shape, device=self.memory_mask.device)
+            self._memory_bias = zeros.masked_fill_(~self.memory_mask, float("-inf"))
+        return self._memory_bias
 
     @property
     def n_sources(self) -> int:
@@ -191,6 +201,7 @@ class DecoderState:
             for cache in self.cross_caches:
                 cache.reorder(sources)
             self.memory_mask = self.memory_mask.index_select(0, sources)
+            self._memory_bias = None
         self.n_rows = rows.shape[0]
 
 

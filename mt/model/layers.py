@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from mt.model.attention import CrossAttention, SelfAttention
 from mt.model.cache import KVCache
 from mt.model.packing import Packing
+from mt.model.positions import rotate
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
@@ -245,3 +246,54 @@ class DecoderLayer(nn.Module):
         x = self.norm1(x + self.dropout(self.self_attn(x, packing, sm, causal, cache)))
         x = self.norm2(x + self.dropout(self.cross_attn(x, cp, k, v, memory_mask, step)))
         return self.norm3(x + self.dropout(self.ffn(x)))
+
+    def step(
+        self,
+        x: Tensor,
+        cache: KVCache,
+        memory_kv: tuple[Tensor, Tensor],
+        memory_bias: Tensor,
+        rows_per_source: int,
+    ) -> Tensor:
+        """`forward` for one decoder step in fp32 on CPU, in fewer operations (eval mode).
+
+        A step's matrices are small, so its time goes as much to the number of operations as
+        to the arithmetic: this path skips the packing, autocast and dropout layers and adds
+        the memory mask as a precomputed bias. Rope is applied; Shaw relative positions and
+        windowed self-attention take `forward` (`Decoder.step` chooses).
+
+        Args:
+            x: Hidden state of the N rows [N, D] at position `cache.size`.
+            cache: This layer's self-attention cache; the step's keys and values are appended.
+            memory_kv: Cross-attention keys and values [B, H, S, Dh], one per source.
+            memory_bias: [B, 1, 1, S], 0 where the memory is a real token and -inf at padding.
+            rows_per_source: K: the N = B * K rows are K queries of each source.
+
+        Returns:
+            [N, D].
+        """
+        sa, ca = self.self_attn, self.cross_attn
+        n, h, dh = x.shape[0], sa.n_heads, sa.head_dim
+        y = self.norm1(x) if self.norm_first else x
+        q, k, v = sa.qkv(y).view(n, 3, h, 1, dh).unbind(1)  # 3 x [N, H, 1, Dh]
+        if sa.rope:
+            q, k = rotate(q, cache.size), rotate(k, cache.size)
+        keys, values = cache.append(k, v)
+        y = sa.out(_attend_step(q, keys, values, None).view(n, h * dh))
+        x = x + y if self.norm_first else self.norm1(x + y)
+        y = self.norm2(x) if self.norm_first else x
+        q = ca.q(y).view(n // rows_per_source, rows_per_source, h, dh).transpose(1, 2)
+        y = _attend_step(q, *memory_kv, memory_bias)  # [B, H, K, Dh]
+        y = ca.out(y.transpose(1, 2).reshape(n, h * dh))
+        x = x + y if self.norm_first else self.norm2(x + y)
+        y = self.ffn(self.norm3(x) if self.norm_first else x)
+        return x + y if self.norm_first else self.norm3(x + y)
+
+
+def _attend_step(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(Dh) + bias) v for q [B, H, T, Dh], k/v [B, H, S, Dh] -> [B, H, T, Dh]
+    (`mt.model.precision._attention_by_matmul` with an additive mask, in fp32)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, H, T, S]
+    if bias is not None:
+        scores.add_(bias)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)

@@ -21,6 +21,18 @@ from mt.model.precision import Int8Rows, PackedRows, step_cache_dtype
 from mt.model.window import band_mask, encoder_window
 
 
+def lean_step(x: Tensor) -> bool:
+    """Whether decoder steps on x [N, D] take `DecoderLayer.step`: fp32 on CPU, outside
+    autocast and autograd (search). Over a batch of 64 on a 2-core CPU this path decoded
+    greedy search about 1.1x faster than `DecoderLayer.forward` with a cache."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.is_grad_enabled()
+    )
+
+
 def attend_mask(src_pad_mask: Tensor) -> Tensor:
     """Padding mask [B, S] (True = pad) -> SDPA mask [B, 1, 1, S] (True = attend).
 
@@ -140,9 +152,13 @@ class Decoder(nn.Module):
         cross_packing = Packing.dense(tokens.shape[0] // k_rows, k_rows, tokens.device)
         x = self.embed(tokens, tokens.new_full(tokens.shape, state.step))
         self_mask = self._self_mask(1, state.step, tokens.device)
+        lean = self_mask is None and lean_step(x)
         layers = zip(self.layers, state.self_caches, state.cross_caches, strict=True)
         for layer, self_cache, cross in layers:
             memory_kv = (cross.keys, cross.values)
+            if lean and layer.self_attn.max_relative_positions == 0:
+                x = layer.step(x, self_cache, memory_kv, state.memory_bias, k_rows)
+                continue
             mask = state.memory_mask
             x = layer(x, packing, memory_kv, mask, self_cache, cross_packing, self_mask)
         return self.final_norm(x)

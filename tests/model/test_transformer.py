@@ -265,3 +265,39 @@ def test_a_reorder_that_moves_few_rows_rewrites_only_those_and_equals_a_gather()
     assert torch.equal(
         partial.k[:, :, 3:], k[:, :, 3:]
     )  # positions not yet filled stay as they are
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"norm": "post"}, {"positions": "rope"}, {"positions": "learned", "norm": "post"}],
+)
+def test_the_lean_decoder_step_equals_the_layers_forward(monkeypatch, overrides) -> None:
+    """`DecoderLayer.step` (fp32 CPU search) against `forward` with a cache, through padding in
+    the memory, a first step of one row per source and beam reorders that drop a source."""
+    import importlib
+
+    tr = importlib.import_module("mt.model.transformer")  # the module, not the builder
+
+    model, k = _model(**overrides), 3
+    src, pad_mask = _src([6, 2, 4])
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(4, V, (3 * k, 6), generator=gen)
+    tokens[:, 0] = BOS
+    logits = {}
+    for lean in (True, False):
+        monkeypatch.setattr(tr, "lean_step", lambda x, lean=lean: lean)
+        gen = torch.Generator().manual_seed(2)  # the same reorders both times
+        steps, toks = [], tokens
+        with torch.no_grad():
+            state = model.init_state(model.encode(src, pad_mask), pad_mask, max_len=8)
+            steps.append(model.decode_step(toks[::k, 0], state))
+            state.reorder(torch.arange(3), torch.zeros(3, k, dtype=torch.long))
+            for t in range(1, toks.shape[1]):
+                steps.append(model.decode_step(toks[:, t], state))
+                sources = torch.tensor([0, 2] if t == 2 else list(range(state.n_sources)))
+                state.reorder(sources, torch.randint(0, k, (len(sources), k), generator=gen))
+                if t == 2:
+                    toks = toks.view(3, k, -1)[[0, 2]].reshape(2 * k, -1)
+        logits[lean] = steps
+    for a, b in zip(logits[True], logits[False], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

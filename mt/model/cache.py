@@ -208,9 +208,8 @@ class DecoderState:
 def _moved_rows(rows: Tensor, n_rows: int) -> Tensor | None:
     """The rows i with rows[i] != i, when a reorder keeps all n_rows and moves fewer than half:
     copying only those (twice, through a temporary) then moves less memory than gathering every
-    row. Beam search often keeps most hypotheses in their slots (about 3 in 4 per step with
-    `scripts/bench_translate.py`'s random model), and the self-attention caches are the largest
-    tensors a step touches."""
+    row. Beam search often keeps most hypotheses in their slots, and the self-attention caches
+    are the largest tensors a step touches."""
     if rows.shape[0] != n_rows:
         return None
     moved = (rows != torch.arange(n_rows, device=rows.device)).nonzero().squeeze(1)

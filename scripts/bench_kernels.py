@@ -1,0 +1,126 @@
+"""The CPU kernel choices of mt's decoding, each against the plain PyTorch call it replaces.
+
+    python scripts/bench_kernels.py [--rounds 5]
+
+1. The output projection [8000, 256] and the decoder-step linears of the `small` preset, for
+   1, 5, 16, 64 and 320 rows: PyTorch's default GEMM (`F.linear`, MKL on x86) against
+   oneDNN with the weight packed once (`mt.model.precision.PackedRows`).
+2. Greedy and beam picks over log-probs [64, 8000] and [64, 5 x 8000]: `max` and `topk` against
+   the blockwise search of `mt.search` (`amax` over blocks of 64, then within the best blocks).
+3. Greedy and beam search of 2 x 64 sentences (`small`, random weights, 25 forced steps) with
+   the lean decoder step (`DecoderLayer.step`) and without it (`DecoderLayer.forward`).
+
+Each pair alternates, --rounds times; medians of microseconds (1, 2) or sentences/s (3) and
+the ratio plain / ours are printed. Times are this machine's at this moment: run nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mt import search
+from mt.config import model_preset
+from mt.model import transformer
+from mt.model.precision import PackedRows, for_decoding
+from mt.search import Limits, beam_search, greedy_search
+from mt.tokenizer import BOS_ID, EOS_ID
+
+VOCAB = 8000
+CPU = torch.device("cpu")
+
+
+def _us(fn, n: int) -> float:
+    for _ in range(3):
+        fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def _pair(name: str, plain, ours, rounds: int, n: int) -> None:
+    times = {"plain": [], "ours": []}
+    for _ in range(rounds):
+        times["plain"].append(_us(plain, n))
+        times["ours"].append(_us(ours, n))
+    a, b = statistics.median(times["plain"]), statistics.median(times["ours"])
+    print(f"  {name:<34} plain {a:9.1f} us | ours {b:9.1f} us | {a / b:5.2f}x", flush=True)
+
+
+def gemms(rounds: int) -> None:
+    print("1. linear layers: F.linear (plain) against oneDNN with a packed weight (ours)")
+    cfg = model_preset("small")
+    d, ff = cfg.d_model, cfg.d_ff
+    for rows in (1, 5, 16, 64, 320):
+        for n_out, n_in in ((VOCAB, d), (3 * d, d), (ff, d), (d, ff)):
+            x, w = torch.randn(rows, n_in), torch.randn(n_out, n_in)
+            plain, ours = functools.partial(F.linear, x, w), functools.partial(PackedRows(w), x)
+            n = max(5, int(2e8 / (rows * n_in * n_out + 1e6)))
+            _pair(f"{rows} rows x [{n_out}, {n_in}]", plain, ours, rounds, n)
+
+
+def picks(rounds: int) -> None:
+    print("2. picks: torch's max / topk (plain) against mt.search's blockwise ones (ours)")
+    lprobs = torch.randn(64, VOCAB).log_softmax(dim=1)
+    flat = torch.randn(64, 5 * VOCAB).log_softmax(dim=1)
+    _pair("greedy argmax [64, 8000]", lambda: lprobs.max(dim=1),
+          lambda: search._pick_argmax(lprobs), rounds, 200)  # fmt: skip
+    _pair("beam top-10 [64, 40000]", lambda: flat.topk(10, dim=1),
+          lambda: search._topk(flat, 10), rounds, 50)  # fmt: skip
+
+
+def lean(rounds: int) -> None:
+    print("3. search, 2 x 64 sentences: DecoderLayer.forward (plain) against .step (ours)")
+    module = importlib.import_module("mt.model.transformer")
+    torch.manual_seed(0)
+    model = transformer(**vars(model_preset("small")), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB)
+    model = for_decoding(model.eval(), "fp32", CPU)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(4, VOCAB, (64, 24), generator=gen) for _ in range(2)]
+    limits = Limits(BOS_ID, EOS_ID, max_len_a=0.0, max_len_b=24)
+    # eos never wins: every output runs 25 steps
+    step = model.decode_step
+    model.decode_step = lambda tokens, state: step(tokens, state).index_fill_(1, _EOS, -1e9)
+    lean_step = module.lean_step
+    searches = {
+        "beam 5": lambda src: beam_search(model, src, src == 0, limits, beam=5),
+        "greedy": lambda src: greedy_search(model, src, src == 0, limits),
+    }
+    for name, search_fn in searches.items():
+        times = {"plain": [], "ours": []}
+        for _ in range(rounds):
+            for which in ("plain", "ours"):
+                module.lean_step = lean_step if which == "ours" else (lambda x: False)
+                start = time.perf_counter()
+                for src in batches:
+                    search_fn(src)
+                times[which].append(time.perf_counter() - start)
+        module.lean_step = lean_step
+        a, b = statistics.median(times["plain"]), statistics.median(times["ours"])
+        print(f"  {name:<34} plain {128 / a:7.1f} sent/s | ours {128 / b:7.1f} sent/s | "
+              f"{a / b:5.2f}x", flush=True)  # fmt: skip
+
+
+_EOS = torch.tensor([EOS_ID])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    with torch.no_grad():
+        gemms(args.rounds)
+        picks(args.rounds)
+        lean(args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -306,10 +306,12 @@ class Translator:
         torch.set_num_threads(max(1, threads // n))
         try:
             with ThreadPoolExecutor(n) as pool:
-                rows = (job.rows for job in todo)
-                yield from zip(rows, pool.map(self._decode, todo), strict=True)
+                found = list(pool.map(self._decode, todo))
         finally:
             torch.set_num_threads(threads)
+        # Every worker has finished before the caller sees a result: alignments and attention
+        # pictures hook a decoder layer the workers would otherwise be running.
+        yield from zip((job.rows for job in todo), found, strict=True)
 
     def _decode(self, job: _Job) -> list[list[Hypothesis]]:
         # autocast and no_grad are per thread: entered here, in the thread that decodes

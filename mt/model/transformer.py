@@ -152,7 +152,7 @@ class Decoder(nn.Module):
         cross_packing = Packing.dense(tokens.shape[0] // k_rows, k_rows, tokens.device)
         x = self.embed(tokens, tokens.new_full(tokens.shape, state.step))
         self_mask = self._self_mask(1, state.step, tokens.device)
-        lean = self_mask is None and lean_step(x)
+        lean = self_mask is None and not self.training and lean_step(x)
         layers = zip(self.layers, state.self_caches, state.cross_caches, strict=True)
         for layer, self_cache, cross in layers:
             memory_kv = (cross.keys, cross.values)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mt.model.attention import CrossAttention, SelfAttention
 from mt.model.cache import KVCache
 from mt.model.packing import Packing
-from mt.model.positions import rotate
+from mt.model.positions import rope_angles, rotate_by
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
@@ -254,6 +254,7 @@ class DecoderLayer(nn.Module):
         memory_kv: tuple[Tensor, Tensor],
         memory_bias: Tensor,
         rows_per_source: int,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """`forward` for one decoder step in fp32 on CPU, in fewer operations (eval mode).
 
@@ -268,6 +269,8 @@ class DecoderLayer(nn.Module):
             memory_kv: Cross-attention keys and values [B, H, S, Dh], one per source.
             memory_bias: [B, 1, 1, S], 0 where the memory is a real token and -inf at padding.
             rows_per_source: K: the N = B * K rows are K queries of each source.
+            rope: `mt.model.positions.rope_angles` of position `cache.size`, made once per step
+                for every layer (rope models; None computes them here).
 
         Returns:
             [N, D].
@@ -275,9 +278,13 @@ class DecoderLayer(nn.Module):
         sa, ca = self.self_attn, self.cross_attn
         n, h, dh = x.shape[0], sa.n_heads, sa.head_dim
         y = self.norm1(x) if self.norm_first else x
-        q, k, v = sa.qkv(y).view(n, 3, h, 1, dh).unbind(1)  # 3 x [N, H, 1, Dh]
-        if sa.rope:
-            q, k = rotate(q, cache.size), rotate(k, cache.size)
+        qkv = sa.qkv(y).view(n, 3, h, 1, dh)
+        if sa.rope:  # queries and keys rotated together: [N, 2, H, 1, Dh]
+            angles = rope or rope_angles(cache.size, 1, dh, x.device)
+            q, k = rotate_by(qkv[:, :2], *angles).unbind(1)
+            v = qkv[:, 2]
+        else:
+            q, k, v = qkv.unbind(1)  # 3 x [N, H, 1, Dh]
         keys, values = cache.append(k, v)
         y = sa.out(_attend_step(q, keys, values, None).view(n, h * dh))
         x = x + y if self.norm_first else self.norm1(x + y)

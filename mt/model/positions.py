@@ -17,13 +17,34 @@ from torch import Tensor
 ROPE_BASE = 10_000.0
 
 
-def rotate(x: Tensor, start: int) -> Tensor:
-    """Rotary position embedding (Su et al. 2021) of queries or keys at positions start + [0, T).
+def rope_angles(
+    start: int, length: int, head_dim: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Cosines and signed sines [T, Dh] of positions start + [0, T), laid out for `rotate_by`.
 
     Non-interleaved (GPT-NeoX / "half-split") layout: dimension i of the first half and
-    dimension i of the second half form the pair rotated by angle pos * ROPE_BASE**(-2i / Dh),
-    so q_m . k_n depends on m - n only. The angles are computed in float64 (exact enough at any
-    position) and the rotation in float32; the result has x's dtype.
+    dimension i of the second half form the pair rotated by angle pos * ROPE_BASE**(-2i / Dh).
+    The angles are computed in float64 (exact enough at any position), returned in float32:
+    cos repeated over both halves, sin negated on the first half.
+    """
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim
+    pos = torch.arange(start, start + length, dtype=torch.float64, device=device)
+    angles = pos[:, None] * ROPE_BASE ** (-exponent)[None, :]  # [T, Dh/2]
+    cos, sin = angles.cos().float(), angles.sin().float()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def rotate_by(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [..., T, Dh] rotated by `rope_angles` [T, Dh]: pairs (x1, x2) of the two halves become
+    (x1 cos - x2 sin, x2 cos + x1 sin), in float32; the result has x's dtype."""
+    xf = x.float()
+    swapped = xf.roll(x.shape[-1] // 2, dims=-1)  # (x2, x1)
+    return (xf * cos + swapped * sin).to(x.dtype)
+
+
+def rotate(x: Tensor, start: int) -> Tensor:
+    """Rotary position embedding (Su et al. 2021) of queries or keys at positions start + [0, T),
+    so q_m . k_n depends on m - n only (`rope_angles` gives the layout).
 
     Args:
         x: Queries or keys [B, H, T, Dh], Dh even.
@@ -32,14 +53,7 @@ def rotate(x: Tensor, start: int) -> Tensor:
     Returns:
         Rotated x [B, H, T, Dh].
     """
-    t, dh = x.shape[-2], x.shape[-1]
-    exponent = torch.arange(0, dh, 2, dtype=torch.float64, device=x.device) / dh  # [Dh/2]
-    pos = torch.arange(start, start + t, dtype=torch.float64, device=x.device)
-    angles = pos[:, None] * ROPE_BASE ** (-exponent)[None, :]  # [T, Dh/2]
-    cos, sin = angles.cos().float(), angles.sin().float()
-    x1, x2 = x.float().chunk(2, dim=-1)  # 2 x [B, H, T, Dh/2]
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return rotated.to(x.dtype)
+    return rotate_by(x, *rope_angles(start, x.shape[-2], x.shape[-1], x.device))
 
 
 def relative_index(

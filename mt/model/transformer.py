@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mt.model.cache import DecoderState, KVCache
 from mt.model.layers import DecoderLayer, Embeddings, EncoderLayer
 from mt.model.packing import Packing
+from mt.model.positions import rope_angles
 from mt.model.precision import Int8Rows, PackedRows, step_cache_dtype
 from mt.model.window import band_mask, encoder_window
 
@@ -153,11 +154,15 @@ class Decoder(nn.Module):
         x = self.embed(tokens, tokens.new_full(tokens.shape, state.step))
         self_mask = self._self_mask(1, state.step, tokens.device)
         lean = self_mask is None and not self.training and lean_step(x)
+        rope = None  # the lean steps' rotary angles, made once for all layers
+        first = cast(DecoderLayer, self.layers[0]).self_attn
+        if lean and first.rope:
+            rope = rope_angles(state.step, 1, first.head_dim, x.device)
         layers = zip(self.layers, state.self_caches, state.cross_caches, strict=True)
         for layer, self_cache, cross in layers:
             memory_kv = (cross.keys, cross.values)
             if lean and layer.self_attn.max_relative_positions == 0:
-                x = layer.step(x, self_cache, memory_kv, state.memory_bias, k_rows)
+                x = layer.step(x, self_cache, memory_kv, state.memory_bias, k_rows, rope)
                 continue
             mask = state.memory_mask
             x = layer(x, packing, memory_kv, mask, self_cache, cross_packing, self_mask)

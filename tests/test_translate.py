@@ -45,7 +45,8 @@ def test_output_order_equals_input_order_for_shuffled_lengths(overfit_run, trans
 
 
 @pytest.mark.parametrize("beam", [1, 4])
-def test_batches_decoded_at_once_give_the_outputs_of_one_at_a_time(overfit_run, beam):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batches_decoded_at_once_give_the_outputs_of_one_at_a_time(overfit_run, beam, precision):
     import torch
 
     corpus, run_dir, _ = overfit_run
@@ -57,8 +58,9 @@ def test_batches_decoded_at_once_give_the_outputs_of_one_at_a_time(overfit_run, 
         decode = DecodeConfig(
             beam=beam, nbest=min(beam, 2), batch_size=2, inter_threads=inter, alignment=True
         )
-        # bf16 on CPU: decoder steps take DecoderLayer.forward, where the alignment hook sits
-        translator = Translator(run, decode, torch.device("cpu"), "bf16")
+        # fp32 steps take DecoderLayer.step; bf16 ones DecoderLayer.forward, where the
+        # alignment hook sits
+        translator = Translator(run, decode, torch.device("cpu"), precision)
         outputs.append(translator.translate([s for s, _ in pairs]))
         assert torch.get_num_threads() == threads  # restored after the batches
     assert outputs[1] == outputs[0]

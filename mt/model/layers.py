@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mt.model.attention import CrossAttention, SelfAttention
 from mt.model.cache import KVCache
 from mt.model.packing import Packing
-from mt.model.positions import rope_angles, rotate_by
+from mt.model.positions import rotate_by
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
@@ -270,7 +270,7 @@ class DecoderLayer(nn.Module):
             memory_bias: [B, 1, 1, S], 0 where the memory is a real token and -inf at padding.
             rows_per_source: K: the N = B * K rows are K queries of each source.
             rope: `mt.model.positions.rope_angles` of position `cache.size`, made once per step
-                for every layer (rope models; None computes them here).
+                for every layer (`Decoder.step`); None for models without rope.
 
         Returns:
             [N, D].
@@ -280,8 +280,9 @@ class DecoderLayer(nn.Module):
         y = self.norm1(x) if self.norm_first else x
         qkv = sa.qkv(y).view(n, 3, h, 1, dh)
         if sa.rope:  # queries and keys rotated together: [N, 2, H, 1, Dh]
-            angles = rope or rope_angles(cache.size, 1, dh, x.device)
-            q, k = rotate_by(qkv[:, :2], *angles).unbind(1)
+            if rope is None:
+                raise ValueError("A rope layer's step needs the step's rope_angles.")
+            q, k = rotate_by(qkv[:, :2], *rope).unbind(1)
             v = qkv[:, 2]
         else:
             q, k, v = qkv.unbind(1)  # 3 x [N, H, 1, Dh]

@@ -45,14 +45,15 @@ def cached_export(run: LoadedRun) -> Path:
     """RUN_DIR/ctranslate2/<checkpoint stem>, exported now unless it matches the checkpoint."""
     from mt.export import EXPORT_INFO, export, load_source
 
-    folder = run.checkpoint.parent.parent / "ctranslate2" / run.checkpoint.stem
+    root = run.run_dir if run.run_dir is not None else run.checkpoint.parent.parent
+    folder = root / "ctranslate2" / run.checkpoint.stem
     info = folder / EXPORT_INFO
     if info.is_file():
         recorded = json.loads(info.read_text(encoding="utf-8")).get("checkpoint_sha256")
         if recorded == file_sha256(run.checkpoint):  # a hit loads no second copy of the model
             return folder
         log.info("%s changed since its CTranslate2 export; exporting again", run.checkpoint)
-    export(load_source(run.checkpoint.parent.parent, str(run.checkpoint)), folder, "ctranslate2")
+    export(load_source(root, str(run.checkpoint)), folder, "ctranslate2")
     log.info("exported %s to %s for engine=ctranslate2", run.checkpoint, folder)
     return folder
 

@@ -273,3 +273,19 @@ def test_mt_export_command(overfit_run, tmp_path):
     bad = mt("export", f"run_dir={run}", f"out_dir={tmp_path / 'q'}", "quantization=int4")
     assert_clean_error(bad, "quantization='int4'")
     shutil.rmtree(out)
+
+
+def test_ctranslate2_with_a_checkpoint_outside_the_run_folder(overfit_run, tmp_path):
+    """engine=ctranslate2 exports into the run folder the checkpoint was named with, not into
+    the folder above the checkpoint file, and finds the run's SentencePiece models."""
+    _, run, _ = overfit_run
+    outside = tmp_path / "elsewhere" / "chosen.pt"
+    outside.parent.mkdir()
+    shutil.copyfile(run / "checkpoints" / "last.pt", outside)
+    loaded = load_run(run, str(outside), CPU)
+    lines = _inputs()[:20]
+    ours = Translator(loaded, _decode(beam=1), CPU, "fp32").translate(lines)
+    theirs = make_translator(loaded, _decode(beam=1), CPU, "fp32", "ctranslate2").translate(lines)
+    assert [h[0][0] if h else None for h in theirs] == [h[0][0] if h else None for h in ours]
+    assert (run / "ctranslate2" / "chosen" / "model.bin").is_file()
+    assert not (tmp_path / "ctranslate2").exists()

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# Rows per chunk: one chunk's fp32 logits take 8 MiB, e.g. 262 rows of an 8k vocabulary. On a
-# 2-core CPU, small preset in bf16: 3,075 target tok/s unchunked, 3,872-4,024 at this size.
+# Rows per chunk: one chunk's fp32 logits take 8 MiB, e.g. 262 rows of an 8k vocabulary, so a
+# chunk stays in cache on CPU; `python scripts/bench_train.py` measures chunked against not.
 CHUNK_ELEMENTS = 2**21
 # On a GPU, cache size matters less than the number of kernel launches: 128 MiB chunks.
 GPU_CHUNK_ELEMENTS = 2**25

@@ -172,9 +172,9 @@ class _Stepper:
 
 # Reductions that return positions (max, argmax, topk) are not vectorized on CPU, plain maxima
 # (amax) are. So rows are searched by blocks of _BLOCK: the block maxima by `amax`, then
-# positions only within the few blocks that matter. On a 2-core AVX2 EPYC this took the greedy
-# pick over [64, 8000] log-probs 3.7x faster than `max` and beam search's top 10 of
-# [64, 5 x 8000] 3.2x faster than `topk` (`python scripts/bench_kernels.py`).
+# positions only within the few blocks that matter. The rule: CPU rows wider than a block go
+# blockwise; `python scripts/bench_kernels.py` times it against plain `max` and `topk`
+# (docs/performance.md has the figures), and tests pin the outputs to theirs.
 _BLOCK = 64
 
 

@@ -13,11 +13,9 @@ A source piece s ranks target pieces t by c(s, t), the number of training pairs 
 source and t in the target, i.e. by p(t | s); ties go to the lower id. Ranked that way the
 pieces that are everywhere (".", "▁ein") come first for every s, but they are among the K
 frequent ones, so they are skipped: the N taken are s's most likely pieces outside the K
-frequent ones. On Multi30k test2016 (batches of 64, the references as targets) that covers
-more reference tokens per candidate than ranking by the Dice coefficient, by PMI, or by
-c(s, t) / c(t) (which ranks pieces seen once or twice first): K=1000, N=20 keeps 2968 of 8000
-pieces per batch and 99.0% of reference tokens (87% of references whole); Dice at N=10, 2950
-pieces, 98.8% (84%); PMI at N=10, 3148 pieces, 98.9% (85%). The table keeps each source
+frequent ones. Measured on Multi30k test2016, that covers more reference tokens per candidate
+than ranking by the Dice coefficient, by PMI, or by c(s, t) / c(t) (which ranks pieces seen
+once or twice first); docs/decoding.md has the coverage figures. The table keeps each source
 piece's first 256 target pieces (MAX_DEPTH), so a large K can leave fewer than N new ones.
 
 The table comes from the run's binarized training data (the data folder its config names:

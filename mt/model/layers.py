@@ -25,7 +25,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout; on CPU with a keep mask drawn as 16-bit uniforms from 64-bit words.
 
     F.dropout on CPU spends most of its time drawing one Bernoulli sample per element
-    (`bernoulli_`); slicing 64-bit random words into four 16-bit draws is ~3x faster overall.
+    (`bernoulli_`); slicing 64-bit random words into four 16-bit draws avoids that (CPU only;
+    `python scripts/bench_train.py` measures the training step it serves).
     p is quantised to 1/65536 and the scale uses the quantised keep probability (unbiased).
     """
     if not training or p == 0.0:

@@ -22,10 +22,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 def _slow_cpu_flash_backward(q: Tensor) -> bool:
     """True when SDPA would run CPU flash attention in bf16 with a backward pass to follow.
 
-    The CPU flash kernel's bf16 backward is slow: on a 2-core AVX512-BF16 CPU, training the
-    `small` model reached 2,727 target tok/s with it and 3,129 with the math backend on the
-    same batches (`python scripts/bench_train.py --presets small --precisions bf16` shows the
-    whole step). In fp32, and without a backward (decoding), flash stays the faster choice.
+    The rule: bf16 training on CPU takes the math backend, because the CPU flash kernel's bf16
+    backward is the slower one (`python scripts/bench_train.py --presets small --precisions
+    bf16` measures the whole step). In fp32, and without a backward (decoding), flash stays.
     """
     return (
         q.device.type == "cpu"
@@ -92,11 +91,9 @@ class Int8Rows:
 class PackedRows:
     """A [V, D] projection weight in fp32, reordered once into oneDNN's blocked layout.
 
-    For the tied output projection in CPU decoding, the largest matmul of a decoder step. On the
-    2-core AVX2 EPYC this project is measured on, `python scripts/bench_kernels.py` timed it
-    against `F.linear` (MKL there) with a [8000, 256] weight: 1.26x faster for 64 rows, 1.9-2.0x
-    for 5 and 16, 1.10x for 320 (beam 5 x 64), 0.94x for one row. A shortlist's rows (`rows`)
-    are packed on their own. Inference only: no autograd.
+    For the tied output projection in fp32 CPU decoding, the largest matmul of a decoder step;
+    `python scripts/bench_kernels.py` times it against `F.linear` over the row counts search
+    uses. A shortlist's rows (`rows`) are packed on their own. Inference only: no autograd.
     """
 
     def __init__(self, weight: Tensor) -> None:

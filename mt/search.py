@@ -174,7 +174,7 @@ class _Stepper:
 # (amax) are. So rows are searched by blocks of _BLOCK: the block maxima by `amax`, then
 # positions only within the few blocks that matter. The rule: CPU rows wider than a block go
 # blockwise; `python scripts/bench_kernels.py` times it against plain `max` and `topk`
-# (docs/performance.md has the figures), and tests pin the outputs to theirs.
+# (docs/experiments.md has the figures), and tests pin the outputs to theirs.
 _BLOCK = 64
 
 

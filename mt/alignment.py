@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mt.errors import MTError
+from mt.files import write_bytes_with
 from mt.tokenizer import BOS_ID, EOS_ID
 
 
@@ -43,6 +45,17 @@ def cross_attention(model, src: list[int], out: list[int], layer: int = -1) -> T
     finally:
         handle.remove()
     return captured[0]
+
+
+def check_layer(model: torch.nn.Module, layer: int) -> None:
+    """Refuse a decode.alignment_layer that the model (or an ensemble's first member) lacks."""
+    model = getattr(model, "members", [model])[0]
+    n = len(model.decoder.layers)
+    if not -n <= layer < n:
+        raise MTError(
+            f"decode.alignment_layer={layer} is out of range: the model has {n} decoder layers "
+            f"(0 to {n - 1}, or -1 for the last)."
+        )
 
 
 def _words(pieces: list[str]) -> list[int]:
@@ -85,8 +98,6 @@ def save_picture(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from mt.errors import MTError
-
         raise MTError("decode.attention_dir needs matplotlib: pip install 'mt[plot]'.") from None
     rows, cols = [*out_pieces, "</s>"], [*src_pieces, "</s>"]
     width, height = max(4.0, 0.35 * len(cols) + 2.0), max(3.0, 0.3 * len(rows) + 1.5)
@@ -99,6 +110,7 @@ def save_picture(
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04, label="attention (heads averaged)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:  # savefig picks the format from the name; the temp name would hide it
+        write_bytes_with(path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)

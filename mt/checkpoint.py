@@ -9,47 +9,29 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mt.errors import MTError
+from mt.files import TEMP_MARK, fault, publish_file, temp_path, write_bytes_with
 
 FORMAT = "mt-checkpoint/1"
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-TEMP_MARK = ".tmp-"  # .<name>.tmp-<pid>: a write in progress, or one a killed process left
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _temp_path(path: Path) -> Path:
-    """Where a write to `path` goes before its atomic rename: hidden, tagged with our pid."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` atomically: a temp file in the same folder, fsync, rename.
 
     A crash at any moment leaves either the previous file or the new one, never a partial one.
+
+    Raises:
+        FileFault: the write failed (a full disk, a read-only folder, torch's serializer); the
+            temp file is gone and `path` holds what it held before.
     """
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_bytes_with(path, lambda f: torch.save(state, f))
 
 
 def link_checkpoint(src: Path, dst: Path) -> None:
@@ -58,16 +40,17 @@ def link_checkpoint(src: Path, dst: Path) -> None:
         # already linked; and POSIX rename() of two links to one file is a no-op that would
         # leave the temp link behind
         return
-    tmp = _temp_path(dst)
+    tmp = temp_path(dst)
     tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
+        publish_file(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise fault(exc, dst, f"{dst} is unchanged") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mt import __version__
 from mt.config import CONFIG_DIR, ConfigError, register_configs
 from mt.errors import MTError, Stopped
+from mt.files import describe_os_error
 
 # stage -> (module, function, one-line help)
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -120,11 +122,20 @@ def _compose(stage: str, overrides: list[str]) -> Any:
     return OmegaConf.to_object(cfg)
 
 
+def _stop_on_sigterm(signum: int, _frame: Any) -> None:
+    raise Stopped("stopped by SIGTERM.", 128 + signum)
+
+
 def _run_stage(stage: str, run: Callable[[Any], Any], cfg: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so outputs in progress are abandoned as they should be
+    # (mt train and mt serve install their own handlers over this one)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         run(cfg)
     except (MTError, ConfigError) as exc:
         _fail(stage, str(exc))
+    except OSError as exc:  # a file-system fault no writer above turned into a sentence
+        _fail(stage, describe_os_error(exc))
     except Stopped as exc:
         print(f"mt {stage}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -11,8 +11,17 @@ from typing import Any
 from mt.config import EvalConfig, validate_decode
 from mt.corpus import read_lines
 from mt.errors import MTError
+from mt.files import check_destination, refuse_inputs, write_text
 from mt.metrics import Score, bleu, bleu_lc, chrf, paired_bootstrap, ter
-from mt.translate import as_list, load_run, make_translator, setup_inference, translate_files
+from mt.translate import (
+    as_list,
+    load_run,
+    make_translator,
+    run_files,
+    setup_inference,
+    side_inputs,
+    translate_files,
+)
 
 log = logging.getLogger("mt.eval")
 
@@ -41,9 +50,11 @@ def _translate_src(cfg: EvalConfig) -> str:
     if not cfg.src:
         raise MTError("mt eval run_dir=... needs src=FILE, the source side of the test set.")
     validate_decode(cfg.decode)
+    output = cfg.output or str(Path(cfg.run_dir) / f"{Path(cfg.src).name}.hyp")
+    refuse_inputs(output, [cfg.src, *as_list(cfg.ref), *side_inputs(cfg.decode)])
     device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)
     run = load_run(Path(cfg.run_dir), cfg.checkpoint, device)
-    output = cfg.output or str(Path(cfg.run_dir) / f"{Path(cfg.src).name}.hyp")
+    refuse_inputs(output, run_files(run))
     translator = make_translator(run, cfg.decode, device, precision, cfg.engine)
     translate_files(translator, [cfg.src], output)
     print(f"translations of {cfg.src} ({run.checkpoint.name}, beam {cfg.decode.beam}): {output}")
@@ -65,6 +76,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         raise MTError(
             f"metrics={cfg.metrics} names unknown metric(s) {unknown}; use {', '.join(METRICS)}."
         )
+    if cfg.report:
+        inputs = [*refs_paths, *as_list(cfg.hyp), cfg.src or "-", cfg.output or "-"]
+        refuse_inputs(cfg.report, inputs, key="report")
+        if cfg.output and Path(cfg.output).resolve() == Path(cfg.report).resolve():
+            raise MTError(f"report {cfg.report} is also output=; give them two names.")
+        check_destination(Path(cfg.report), key="report")
     hyp_paths = [_translate_src(cfg)] if cfg.run_dir else as_list(cfg.hyp)
     if not hyp_paths:
         raise MTError("mt eval needs hyp=FILE, or run_dir=DIR src=FILE to translate first.")
@@ -89,6 +106,5 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         print(comparison["table"])
         report["comparison"] = comparison["systems"]
     if cfg.report:
-        Path(cfg.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.report).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        write_text(Path(cfg.report), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report

@@ -39,6 +39,7 @@ from mt import __version__
 from mt.config import ExportConfig, ModelConfig
 from mt.corpus import file_sha256
 from mt.errors import MTError
+from mt.files import fault, is_write_fault
 from mt.model.attention import SelfAttention
 from mt.model.layers import DecoderLayer, EncoderLayer
 from mt.model.positions import ROPE_BASE
@@ -525,27 +526,41 @@ def export(source: Source, out_dir: Path, fmt: str, quantization: str = "none") 
         raise MTError(f"format={fmt!r} is not one of {', '.join(FORMATS)}.")
     if fmt == "huggingface" and quantization != "none":
         raise MTError("quantization applies to format=ctranslate2 only.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        staged = Path(tmp) / "export"
-        if fmt == "ctranslate2":
-            write_ctranslate2(source, staged, quantization)
-            for tok in {source.src_tok.path, source.tgt_tok.path}:
-                shutil.copyfile(tok, staged / tok.name)
-        else:
-            staged.mkdir()
-            write_huggingface(source, staged)
-        info = json.dumps(export_info(source, fmt, quantization), indent=2)
-        (staged / EXPORT_INFO).write_text(info + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staged.rename(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+            _stage_and_swap(source, out_dir, Path(tmp), fmt, quantization)
+    except (OSError, RuntimeError) as exc:
+        if not is_write_fault(exc):
+            raise
+        holds = f"{out_dir} is unchanged" if out_dir.exists() else f"{out_dir} was not created"
+        raise fault(exc, out_dir, holds) from None
     return out_dir
+
+
+def _stage_and_swap(source: Source, out_dir: Path, tmp: Path, fmt: str, quantization: str) -> None:
+    """Write the export in `tmp`, then swap it with `out_dir`: the old export is removed only
+    once the new one is in place."""
+    staged = tmp / "export"
+    if fmt == "ctranslate2":
+        write_ctranslate2(source, staged, quantization)
+        for tok in {source.src_tok.path, source.tgt_tok.path}:
+            shutil.copyfile(tok, staged / tok.name)
+    else:
+        staged.mkdir()
+        write_huggingface(source, staged)
+    info = json.dumps(export_info(source, fmt, quantization), indent=2)
+    (staged / EXPORT_INFO).write_text(info + "\n", encoding="utf-8")
+    if out_dir.exists():
+        out_dir.rename(tmp / "previous")  # removed with tmp
+    staged.rename(out_dir)
 
 
 def run_export(cfg: ExportConfig) -> Path:
     """`mt export`: refuse to replace a folder that is not an earlier export, then export."""
     out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise MTError(f"out_dir {out} is a file; name a folder (new, or an earlier export).")
     if out.exists() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file():
         raise MTError(f"out_dir {out} holds files that are not an mt export; choose another.")
     if out.exists() and not cfg.force and any(out.iterdir()):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mt.errors import MTError
+from mt.files import write_text
 
 MANIFEST = "manifest.json"
 FORMAT = "mt-data/1"
@@ -80,10 +80,8 @@ class Manifest:
 
     def write(self, folder: Path) -> None:
         """Write `folder/manifest.json` atomically (the file that marks the folder complete)."""
-        tmp = folder / f".{MANIFEST}.tmp"
         text = json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, folder / MANIFEST)
+        write_text(folder / MANIFEST, text)
 
 
 def read_manifest(folder: Path) -> Manifest | None:

@@ -28,6 +28,7 @@ from mt.clean import CleanReport, SplitCleaner
 from mt.config import DataConfig, PrepareConfig, direction_pair, validate_prepare
 from mt.corpus import CorpusReader, InputFile, Pairs, iter_lines, local_files, open_hub, open_local
 from mt.errors import MTError
+from mt.files import fault
 from mt.manifest import FORMAT, Manifest, Vocab, read_manifest
 from mt.shards import SIDES, flatten, token_dtype, write_shard
 from mt.tokenizer import Tokenizer, language_tag, train_sentencepiece
@@ -309,7 +310,6 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
         print(f"{out} is up to date (same inputs and settings); force=true rebuilds it.")
         return old  # type: ignore[return-value]  (up to date implies a manifest)
     threads = cfg.workers or os.cpu_count() or 1
-    timings: dict[str, float] = {}
     start = time.perf_counter()
     corpora = [_open(d) for d in dirs]
     if hub and not cfg.force and old and old.config_hash == _config_hash(cfg):
@@ -317,6 +317,27 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
             print(f"{out} is up to date (same dataset and settings); force=true rebuilds it.")
             return old
     build = out.parent / f".{out.name}.build-{os.getpid()}"
+    try:
+        manifest, reports = _build(cfg, corpora, dirs, out, old, build, start, threads)
+    except OSError as exc:  # full, read-only, no permission: out_dir is left as it was
+        holds = f"{out} is unchanged" if out.exists() else f"{out} was not created"
+        raise fault(exc, out, holds) from None
+    _print_report(reports, out, manifest)
+    return manifest
+
+
+def _build(
+    cfg: PrepareConfig,
+    corpora: list[CorpusReader],
+    dirs: list[Direction],
+    out: Path,
+    old: Manifest | None,
+    build: Path,
+    start: float,
+    threads: int,
+) -> tuple[Manifest, dict[str, CleanReport]]:
+    """Everything is written in `build` beside `out`, then moved into it."""
+    timings: dict[str, float] = {}
     build.mkdir(parents=True)
     text = build / TEXT
     try:
@@ -334,8 +355,7 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
         _install(build, out, old, manifest)
     finally:
         shutil.rmtree(build, ignore_errors=True)
-    _print_report(reports, out, manifest)
-    return manifest
+    return manifest, reports
 
 
 def _manifest(

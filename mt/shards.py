@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mt.errors import MTError
+
 SIDES = ("src", "tgt")
 
 
@@ -75,7 +77,15 @@ class Shard:
     @classmethod
     def load(cls, folder: Path, split: str, side: str) -> Shard:
         tokens_path, offsets_path = shard_paths(folder, split, side)
-        return cls(np.load(tokens_path, mmap_mode="r"), np.load(offsets_path))
+        try:
+            return cls(np.load(tokens_path, mmap_mode="r"), np.load(offsets_path))
+        except (OSError, ValueError, EOFError) as exc:  # missing, truncated, or not .npy
+            what = "is missing" if isinstance(exc, FileNotFoundError) else "is damaged"
+            name = Path(getattr(exc, "filename", None) or tokens_path).name
+            raise MTError(
+                f"data folder {folder}: {name} {what} "
+                f"({split} {side}); prepare it again with `mt prepare ... force=true`."
+            ) from None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

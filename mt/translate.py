@@ -20,12 +20,14 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from mt.alignment import check_layer, cross_attention, pharaoh, save_picture
 from mt.checkpoint import load_checkpoint
 from mt.clean import normalize
 from mt.config import DecodeConfig, TranslateConfig, validate_decode
 from mt.constraints import Constraints
 from mt.data import pack_batches
-from mt.errors import MTError
+from mt.errors import FileFault, MTError
+from mt.files import Output, refuse_inputs
 from mt.model.precision import for_decoding
 from mt.rundir import RunDir
 from mt.runtime import autocast, setup_hardware
@@ -200,6 +202,8 @@ class Translator:
         self.generator = torch.Generator(device=device).manual_seed(decode.seed)
         self.limits = limits_for(run, decode)
         self.shortlist = shortlist_table(run, decode)
+        if decode.alignment or decode.attention_dir is not None:
+            check_layer(run.model, decode.alignment_layer)
 
     def _search(
         self,
@@ -322,8 +326,6 @@ class Translator:
         self, src: list[int], hyps: list[Hypothesis], texts: list[str], where: str, line: int
     ) -> list[str]:
         """Alignments appended to the texts, and the attention picture of the best, if asked."""
-        from mt.alignment import cross_attention, pharaoh, save_picture
-
         d = self.decode
         picture = d.attention_dir is not None and line <= d.attention_lines
         model = getattr(self.run.model, "members", [self.run.model])[0]  # an ensemble's first
@@ -463,13 +465,22 @@ def one_line(text: str) -> str:
     return text.translate(_LINE_BREAKS)
 
 
-def read_buffers(paths: list[str], size: int) -> Iterator[tuple[str, int, list[str]]]:
-    """(file name, first line number, lines) buffers of at most `size` lines, strictly UTF-8."""
+MAX_LINE_BYTES = 1_000_000
+
+
+def read_buffers(
+    paths: list[str], size: int, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[str, int, list[str]]]:
+    """(file name, first line number, lines) buffers of at most `size` lines, strictly UTF-8.
+
+    A line is read with a bound: one longer than `max_line_bytes` is refused with its file and
+    line number, before a file without line ends can fill the memory.
+    """
     for path in paths:
         name = "<stdin>" if path == "-" else path
         with _open_input(path) as f:
             buffer, first = [], 1
-            for number, raw in enumerate(f, start=1):
+            for number, raw in enumerate(_bounded_lines(f, name, max_line_bytes), start=1):
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -484,6 +495,18 @@ def read_buffers(paths: list[str], size: int) -> Iterator[tuple[str, int, list[s
                 yield name, first, buffer
 
 
+def _bounded_lines(f: IO[bytes], name: str, limit: int) -> Iterator[bytes]:
+    number = 0
+    while raw := f.readline(limit + 1):
+        number += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            raise MTError(
+                f"{name}:{number}: the line is longer than {limit:,} bytes; raise "
+                "decode.max_line_bytes to read it."
+            )
+        yield raw
+
+
 @contextmanager
 def _open_input(path: str) -> Iterator[IO[bytes]]:
     if path == "-":
@@ -494,16 +517,6 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
     except OSError as exc:
         raise MTError(f"cannot read input {path}: {exc.strerror}.") from None
     with f:
-        yield f
-
-
-@contextmanager
-def _open_output(path: str) -> Iterator[IO[str]]:
-    if path == "-":
-        yield sys.stdout
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
         yield f
 
 
@@ -551,10 +564,11 @@ def translate_files(
     """
     if input_format not in INPUT_FORMATS:
         raise MTError(f"input_format={input_format!r} is not one of {', '.join(INPUT_FORMATS)}.")
-    d, total = translator.decode, 0
+    d = translator.decode
     prefix_lines = _SideLines("decode.prefix", d.prefix)
     constraint_lines = _SideLines("decode.constraints", d.constraints)
-    with _open_output(output) as out:
+    out = Output(output)
+    try:
         for name, first, lines in read_buffers(inputs, d.buffer_lines):
             prefixes = prefix_lines.take(len(lines))
             if input_format == "tsv":
@@ -566,11 +580,18 @@ def translate_files(
             extra = {} if phrases is None else {"constraints": phrases}
             results = translator.translate(lines, name, first, prefixes, **extra)
             out.write(_format(results, d.nbest, first))
-            out.flush()
-            total += len(lines)
+            out.commit(len(lines))
         prefix_lines.check_end()
         constraint_lines.check_end()
-    return total
+        out.close()
+    except FileFault as exc:
+        raise FileFault(f"{str(exc).rstrip('.')}; {out.abandon()}.", exc.path) from None
+    except BaseException:
+        kept = out.abandon()  # failed or interrupted: the output is left as it was
+        if out.lines and kept:
+            log.warning("translation stopped after %d input lines: %s.", out.lines, kept)
+        raise
+    return out.lines
 
 
 class _SideLines:
@@ -597,6 +618,19 @@ class _SideLines:
             raise MTError(f"{self.key} {self.path} has more lines than the input.")
 
 
+def side_inputs(decode: DecodeConfig) -> list[str]:
+    """The files besides the input that decoding reads line by line."""
+    return [p for p in (decode.prefix, decode.constraints) if p]
+
+
+def run_files(run: LoadedRun) -> list[Path]:
+    """The files of a loaded run that an output must never replace."""
+    files = [run.checkpoint, run.src_tok.path, run.tgt_tok.path]
+    if run.run_dir is not None:
+        files += [run.run_dir / "config.yaml", *run.run_dir.glob("checkpoints/*.pt")]
+    return files
+
+
 ENGINES = ("torch", "ctranslate2")
 
 
@@ -621,9 +655,12 @@ def make_translator(
 def run_translate(cfg: TranslateConfig) -> int:
     """Translate cfg.input into cfg.output; returns the number of input lines."""
     validate_decode(cfg.decode)
+    inputs = as_list(cfg.input)
+    refuse_inputs(cfg.output, [*inputs, *side_inputs(cfg.decode)])
     device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)
     run = load_run(Path(cfg.run_dir), cfg.checkpoint, device)
+    refuse_inputs(cfg.output, run_files(run))
     translator = make_translator(run, cfg.decode, device, precision, cfg.engine)
-    total = translate_files(translator, as_list(cfg.input), cfg.output, cfg.input_format)
+    total = translate_files(translator, inputs, cfg.output, cfg.input_format)
     log.info("translated %d lines with %s", total, run.checkpoint)
     return total

@@ -26,9 +26,9 @@ from mt.clean import normalize
 from mt.config import DecodeConfig, TranslateConfig, validate_decode
 from mt.constraints import Constraints
 from mt.data import pack_batches
+from mt.decode.layout import for_decoding
 from mt.errors import FileFault, MTError
 from mt.files import Output, refuse_inputs
-from mt.model.precision import for_decoding
 from mt.rundir import RunDir
 from mt.runtime import autocast, setup_hardware
 from mt.search import Hypothesis, Limits, beam_search, greedy_search, sample

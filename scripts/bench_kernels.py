@@ -4,7 +4,7 @@
 
 1. The output projection [8000, 256] and the decoder-step linears of the `small` preset, for
    1, 5, 16, 64 and 320 rows: PyTorch's default GEMM (`F.linear`, MKL on x86) against
-   oneDNN with the weight packed once (`mt.model.precision.PackedRows`).
+   oneDNN with the weight packed once (`mt.model.projection.OneDNNRows`).
 2. Greedy and beam picks over log-probs [64, 8000] and [64, 5 x 8000]: `max` and `topk` against
    the blockwise search of `mt.search` (`amax` over blocks of 64, then within the best blocks).
 3. Greedy and beam search of 2 x 64 sentences (`small`, random weights, 25 forced steps) with
@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from mt import search
 from mt.config import model_preset
+from mt.decode.layout import for_decoding
 from mt.model import transformer
-from mt.model.precision import PackedRows, for_decoding
+from mt.model.projection import OneDNNRows
 from mt.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID
 
@@ -61,7 +62,7 @@ def gemms(rounds: int) -> None:
     for rows in (1, 5, 16, 64, 320):
         for n_out, n_in in ((VOCAB, d), (3 * d, d), (ff, d), (d, ff)):
             x, w = torch.randn(rows, n_in), torch.randn(n_out, n_in)
-            plain, ours = functools.partial(F.linear, x, w), functools.partial(PackedRows(w), x)
+            plain, ours = functools.partial(F.linear, x, w), functools.partial(OneDNNRows(w), x)
             n = max(5, int(2e8 / (rows * n_in * n_out + 1e6)))
             _pair(f"{rows} rows x [{n_out}, {n_in}]", plain, ours, rounds, n)
 

@@ -58,8 +58,8 @@ import sacrebleu
 import torch
 
 from mt.config import DecodeConfig, ModelConfig, model_preset
+from mt.decode.layout import for_decoding
 from mt.model import transformer
-from mt.model.precision import for_decoding
 from mt.runtime import autocast, pick_precision
 from mt.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID

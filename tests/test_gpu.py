@@ -47,7 +47,7 @@ def test_flash_attention_kernel_serves_the_models_attention():
     """Unpadded causal self-attention (the decoder in training) runs on the flash kernel."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from mt.model.precision import attention
+    from mt.model.kernels import attention
 
     q, k, v = torch.randn(3, 2, 4, 37, 64, device="cuda", dtype=torch.bfloat16).unbind(0)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if flash cannot serve this call

@@ -10,9 +10,9 @@ import torch
 
 from mt.config import ConfigError, DecodeConfig, model_preset, validate_decode
 from mt.constraints import Constraints
+from mt.decode.layout import quantize_int8
 from mt.errors import MTError
 from mt.model import transformer
-from mt.model.precision import quantize_int8
 from mt.search import Limits, beam_search, greedy_search
 from mt.shortlist import TABLE, ShortlistTable, build_table, load_shortlist
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer

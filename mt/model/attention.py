@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from mt.model.cache import KVCache
+from mt.model.kernels import attention
 from mt.model.packing import Packing
 from mt.model.positions import RelativeTables, relative_attention, relative_index, rotate
-from mt.model.precision import attention
 from mt.model.window import merge_windows, split_windows
 
 

@@ -301,7 +301,7 @@ class DecoderLayer(nn.Module):
 
 def _attend_step(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     """softmax(q k^T / sqrt(Dh) + bias) v for q [B, H, T, Dh], k/v [B, H, S, Dh] -> [B, H, T, Dh]
-    (`mt.model.precision._attention_by_matmul` with an additive mask, in fp32)."""
+    (`mt.model.kernels.attention_by_matmul` with an additive mask, in fp32)."""
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, H, T, S]
     if bias is not None:
         scores.add_(bias)

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.model.cache import DecoderState, KVCache
+from mt.model.kernels import step_cache_dtype
 from mt.model.layers import DecoderLayer, Embeddings, EncoderLayer
 from mt.model.packing import Packing
 from mt.model.positions import rope_angles
-from mt.model.precision import Int8Rows, PackedRows, step_cache_dtype
+from mt.model.projection import Int8Rows, OneDNNRows
 from mt.model.window import band_mask, encoder_window
 
 
@@ -186,8 +187,8 @@ class Seq2Seq(nn.Module):
         self.decoder = decoder
         self.pad_id = pad_id
         # The output projection laid out for CPU decoding: set on copies made for inference by
-        # mt.model.precision.quantize_int8 (int8) and pack_for_cpu (fp32).
-        self.packed_output: Int8Rows | PackedRows | None = None
+        # mt.decode.layout.quantize_int8 (int8) and onednn_layout (fp32).
+        self.output_rows: Int8Rows | OneDNNRows | None = None
 
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
         """src [B, S], src_pad_mask [B, S] (True = pad) -> memory [B, S, D] (zero at pads)."""
@@ -215,8 +216,8 @@ class Seq2Seq(nn.Module):
 
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden [..., D] -> logits [..., V] with the tied target embedding (no bias)."""
-        if self.packed_output is not None:
-            return self.packed_output(hidden)
+        if self.output_rows is not None:
+            return self.output_rows(hidden)
         return F.linear(hidden, self.decoder.embed.tokens.weight)
 
     def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
@@ -283,11 +284,11 @@ class Seq2Seq(nn.Module):
 
     def _shortlist_projection(self, vocab: Tensor) -> Callable[[Tensor], Tensor]:
         """hidden [N, D] -> logits [N, C] over `vocab` [C]: the output projection's rows of
-        those ids, sliced once, laid out as `packed_output` lays out the whole projection (int8,
+        those ids, sliced once, laid out as `output_rows` lays out the whole projection (int8,
         or fp32 for oneDNN) or in the dtype autocast would cast them to (so no step casts them
         again: autocast caches casts of parameters only)."""
-        if self.packed_output is not None:
-            return self.packed_output.rows(vocab.cpu())
+        if self.output_rows is not None:
+            return self.output_rows.rows(vocab.cpu())
         weight = self.decoder.embed.tokens.weight
         rows = weight.index_select(0, vocab.to(weight.device))
         device = weight.device.type

@@ -1,0 +1,1 @@
+"""Decoding: a trained model and text in, translations out (search, engines, layouts)."""

@@ -1,6 +1,7 @@
 """run_train: data folder -> model, optimizer, loaders -> Trainer.fit -> checkpoints and scores.
 
-Running it again on a run folder with checkpoints resumes from the newest readable one.
+Running it again on a run folder with checkpoints resumes from the newest readable one. SIGTERM
+or Ctrl-C stops any phase within a batch or a step, with the state saved: a re-run goes on.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ from mt.runtime import (
 )
 from mt.tokenizer import PAD_ID, Tokenizer
 from mt.tracking import Tracker, setup_logging
-from mt.trainer import Stopwatch, Trainer, average_last, evaluate_split, write_json
+from mt.trainer import (
+    EvaluationStopped,
+    Stopwatch,
+    Trainer,
+    average_last,
+    evaluate_split,
+    write_json,
+)
 
 log = logging.getLogger("mt.train")
 
@@ -73,12 +81,13 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         stack.enter_context(_graceful_stop(trainer))
         state = trainer.fit()
         if trainer.stop_signal:
-            code = 128 + signal.Signals[trainer.stop_signal].value
-            raise Stopped(
-                f"stopped by {trainer.stop_signal} at step {state.step}; checkpoint saved. "
-                "Run the same command again to resume.",
-                code,
+            saved = (
+                "checkpoint saved before its validation finished. Run the same command again "
+                "to validate it and resume."
+                if trainer.validation_cut_short
+                else "checkpoint saved. Run the same command again to resume."
             )
+            raise _stopped(trainer.stop_signal, f"at step {state.step}; {saved}")
         results = _results(trainer)
         if dist.is_main:
             results.update(_final_scores(cfg, trainer, data_dir, manifest))
@@ -316,7 +325,8 @@ def _resume(trainer: Trainer) -> None:
 
 @contextlib.contextmanager
 def _graceful_stop(trainer: Trainer) -> Iterator[None]:
-    """SIGTERM / first Ctrl-C ask the trainer to checkpoint and stop; a second Ctrl-C aborts."""
+    """SIGTERM / first Ctrl-C ask the trainer to checkpoint and stop (and the end-of-run
+    scoring to stop between batches); a second Ctrl-C aborts."""
 
     def handler(signum: int, _frame: object) -> None:
         trainer.request_stop(signal.Signals(signum).name)
@@ -328,6 +338,25 @@ def _graceful_stop(trainer: Trainer) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _stopped(signal_name: str, what: str) -> Stopped:
+    """The exception that ends a run stopped by `signal_name`: exit status 128 + its number
+    (143 for SIGTERM, 130 for Ctrl-C), and `what` happened, saying how to go on."""
+    return Stopped(f"stopped by {signal_name} {what}", 128 + signal.Signals[signal_name].value)
+
+
+@contextlib.contextmanager
+def _stoppable(trainer: Trainer, phase: str) -> Iterator[None]:
+    """Run an end-of-run phase (rank 0 alone) that a stop request ends: one already made
+    when it starts, or one that cut its evaluation short between two batches."""
+    finish = "checkpoints are saved, run the same command again to finish."
+    if trainer.requested_signal:
+        raise _stopped(trainer.requested_signal, f"before {phase}; {finish}")
+    try:
+        yield
+    except EvaluationStopped as exc:
+        raise _stopped(exc.signal_name, f"during {phase}; {finish}") from None
 
 
 def _results(trainer: Trainer) -> dict[str, Any]:
@@ -349,15 +378,33 @@ def _final_scores(
 
     The candidates are best.pt (best validation score) and, with train.average_last=N,
     averaged.pt (the mean of the last N step checkpoints); the one scoring higher on
-    validation wins. Test BLEU is greedy, as during validation.
+    validation wins. Test BLEU is greedy, as during validation. A stop request ends either
+    phase with Stopped; every checkpoint is on disk by then, so a re-run redoes the phase.
     """
     run = trainer.run
     final = run.best if run.best.is_file() else run.last
     out: dict[str, Any] = {}
-    averaged = average_last(run, cfg.train.average_last) if cfg.train.average_last > 1 else None
+    if cfg.train.average_last > 1:
+        with _stoppable(trainer, "checkpoint averaging"):
+            final, out = _average(cfg, trainer, final)
+    link_checkpoint(final, run.final)
+    out["final_checkpoint"] = final.name
+    if not manifest.has_split("test"):
+        return out
+    with _stoppable(trainer, "the final test decode"):
+        return {**out, **_test_scores(cfg, trainer, data_dir, final)}
+
+
+def _average(cfg: TrainConfig, trainer: Trainer, final: Path) -> tuple[Path, dict[str, Any]]:
+    """Average the last train.average_last step checkpoints; returns the final checkpoint
+    and averaged.pt's validation scores: averaged.pt if it validates at least as well as
+    `final` (best.pt) or there is no validation split, else `final`, which it also is when
+    fewer than two step checkpoints exist."""
+    run, out = trainer.run, {}
+    averaged = average_last(run, cfg.train.average_last)
     if averaged is not None and trainer.valid_data is not None:
         trainer.model.load_state_dict(load_checkpoint(averaged)["model"])
-        metrics = trainer.validate()
+        metrics = trainer.validate(all_ranks=False)
         out["averaged_valid"] = metrics
         score = metrics.get("valid/bleu", -metrics["valid/loss"])
         best = trainer.state.best_score
@@ -368,16 +415,21 @@ def _final_scores(
             final = averaged
     elif averaged is not None:
         final = averaged
-    link_checkpoint(final, run.final)
-    out["final_checkpoint"] = final.name
-    if not manifest.has_split("test"):
-        return out
+    return final, out
+
+
+def _test_scores(
+    cfg: TrainConfig, trainer: Trainer, data_dir: Path, final: Path
+) -> dict[str, float]:
+    """Greedy BLEU and loss of `final` on the test split (rank 0 alone)."""
     trainer.model.load_state_dict(load_checkpoint(final)["model"])
     test = ParallelData(data_dir, "test", cfg.model.max_positions)
+    log.info("decoding the test split (%d pairs) with %s", len(test), final.name)
     metrics = evaluate_split(
-        trainer.model, test, trainer.tokenizer, cfg.train.max_tokens, trainer.precision,
-        trainer.device, with_bleu=True, prefix="test", label_smoothing=cfg.train.label_smoothing,
+        trainer.model, test, trainer.tokenizer, trainer.precision, trainer.device,
+        with_bleu=True, prefix="test", label_smoothing=cfg.train.label_smoothing,
+        stop=lambda: trainer.requested_signal,
     )  # fmt: skip
     log.info("test (%s, greedy): BLEU %.2f, loss %.3f", final.name, metrics["test/bleu"],
              metrics["test/loss"])  # fmt: skip
-    return {**out, **metrics}
+    return metrics

@@ -13,11 +13,12 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,9 +29,9 @@ from mt.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from mt.config import TrainLoopConfig
-from mt.data import Batch, ParallelData, epoch_batches, eval_batches
-from mt.errors import MTError
+from mt.config import DecodeConfig, TrainLoopConfig
+from mt.data import Batch, ParallelData, epoch_batches, pack_batches
+from mt.errors import FileFault, MTError
 from mt.loss import Seq2SeqLoss
 from mt.metrics import bleu
 from mt.rundir import RunDir
@@ -40,6 +41,17 @@ from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from mt.tracking import Progress, Tracker
 
 log = logging.getLogger("mt.train")
+
+
+class EvaluationStopped(Exception):
+    """An evaluation cut short between two batches by a stop request (SIGTERM, Ctrl-C).
+
+    Never reaches the CLI: the trainer checkpoints and stops, run_train raises Stopped.
+    """
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"evaluation stopped by {signal_name}")
+        self.signal_name = signal_name
 
 
 @dataclass
@@ -163,16 +175,23 @@ class Trainer:
         self.stop_reason = ""
         self.stop_signal = ""  # a stop request all ranks agreed on: checkpoint, then stop
         self._requested = ""  # set by request_stop (a signal handler), on this rank only
+        self.validation_cut_short = False  # a stop request came during validation
         self.bad_steps = 0
         self._window = _Window()  # log scalars since the last log line
 
     def request_stop(self, signal_name: str) -> None:
-        """Checkpoint and stop after the current step (called by a signal handler).
+        """Checkpoint and stop after the current step or validation batch (called by a signal
+        handler); run_train also stops its end-of-run scoring between batches.
 
         Args:
             signal_name: The signal's name, e.g. "SIGTERM"; its number sets the exit status.
         """
         self._requested = signal_name
+
+    @property
+    def requested_signal(self) -> str:
+        """The signal that asked this rank to stop ("" if none), before the ranks agree on it."""
+        return self._requested
 
     # ------------------------------------------------------------------ one update
 
@@ -210,19 +229,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
 
-    def validate(self) -> dict[str, float]:
-        """Validation loss (per target token) and, if enabled, greedy BLEU."""
+    def validate(self, all_ranks: bool = True) -> dict[str, float]:
+        """Validation loss (per target token) and, if enabled, greedy BLEU.
+
+        Args:
+            all_ranks: Every rank validates at once (training's validations): they agree on
+                stop requests between batches. False: this rank alone (rank 0's end-of-run
+                scoring), minding its own requests only, as no other rank is listening.
+
+        Raises:
+            EvaluationStopped: a stop was requested (SIGTERM, Ctrl-C) before the last batch.
+        """
         assert self.valid_data is not None
         return evaluate_split(
             self.model,
             self.valid_data,
             self.tokenizer,
-            self.cfg.max_tokens,
             self.precision,
             self.device,
             with_bleu=self.cfg.valid_bleu,
             prefix="valid",
             label_smoothing=self.cfg.label_smoothing,
+            stop=self._agree_to_stop if all_ranks else lambda: self._requested,
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -264,17 +292,27 @@ class Trainer:
             link_checkpoint(path, run.last)
             if is_best:
                 link_checkpoint(path, run.best)
-        except OSError as exc:  # disk full, quota, read-only file system ...
+        except (OSError, FileFault) as exc:  # disk full, quota, read-only, torch's writer ...
+            cause = (
+                str(exc).rstrip(".")  # already one sentence naming the file and the reason
+                if isinstance(exc, FileFault)
+                else f"cannot write checkpoint {path} ({exc.strerror or exc})"
+            )
             raise MTError(
-                f"cannot write checkpoint {path} ({exc.strerror or exc}); training stopped at "
-                f"step {self.state.step}, and {run.last} still holds the previous one."
+                f"{cause}; training stopped at step {self.state.step}, and {run.last} still "
+                "holds the previous one."
             ) from None
         prune_checkpoints(run.checkpoints, max(self.cfg.keep_last, self.cfg.average_last, 1))
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> TrainState:
-        """Train until a limit is reached; validates and checkpoints every valid_every steps."""
+        """Train until a limit is reached; validates and checkpoints every valid_every steps.
+
+        A stop request (request_stop) during a step or a validation checkpoints the current
+        step and returns early with stop_signal set (validation_cut_short: unvalidated; a
+        resumed run validates it first).
+        """
         show = None if self.dist.is_main else False  # a bar on rank 0's terminal only
         with Progress(self.cfg.max_steps or None, self.state.step, show).active() as progress:
             return self._fit(progress)
@@ -282,18 +320,21 @@ class Trainer:
     def _fit(self, progress: Progress) -> TrainState:
         state = self.state
         self.clock.resume(state.elapsed_s)
+        if self._validation_missed():
+            self._validate_and_save()  # a stop request cut it short last time
         self._window = _Window()
         while not self._stopping():
             if self._train_epoch(progress):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if not self.stop_signal and not self._validated():
+            self._validate_and_save()
         if self.stop_signal:
             self.save(is_best=False)
+            cut = ", its validation cut short" if self.validation_cut_short else ""
             self.stop_reason = (
-                f"{self.stop_signal} received; checkpoint written at step {state.step}"
+                f"{self.stop_signal} received; checkpoint written at step {state.step}{cut}"
             )
             return state
-        if not state.history or state.history[-1]["step"] != state.step:
-            self._validate_and_save()
         log.info(
             "stopped: %s (step %d, epoch %d, %.1f min)",
             self.stop_reason, state.step, state.epoch, state.elapsed_s / 60,
@@ -326,7 +367,7 @@ class Trainer:
         if state.step % cfg.log_every == 0:
             self._log_window(self._window)
             self._window = _Window()
-        if cfg.valid_every and state.step % cfg.valid_every == 0:
+        if cfg.valid_every and state.step % cfg.valid_every == 0 and not self.stop_signal:
             paused = time.perf_counter()
             self._validate_and_save()
             self._window.start += time.perf_counter() - paused  # tokens/s: training time only
@@ -347,6 +388,33 @@ class Trainer:
         self.clock.elapsed_s = elapsed
         if signum:
             self.stop_signal = signal.Signals(int(signum)).name
+
+    def _agree_to_stop(self) -> str:
+        """The stop signal any rank was asked for ("" if none); sets stop_signal.
+
+        Under DDP a collective: every rank calls it at the same point (between the same two
+        validation batches), so all of them stop at that batch and none waits for the others.
+        """
+        if self.dist.world == 1:
+            self.stop_signal = self._requested
+        else:
+            signum = signal.Signals[self._requested].value if self._requested else 0
+            agreed = int(all_reduce_max([float(signum)], self.device)[0])
+            if agreed:
+                self.stop_signal = signal.Signals(agreed).name
+        return self.stop_signal
+
+    def _validated(self) -> bool:
+        """Whether the current step has been validated (is the newest entry in the history)."""
+        history = self.state.history
+        return bool(history) and history[-1]["step"] == self.state.step
+
+    def _validation_missed(self) -> bool:
+        """Whether the current step was due for validation but has no scores: its checkpoint
+        was saved on a stop request (a resumed run validates it before training on)."""
+        cfg, step = self.cfg, self.state.step
+        due = bool(cfg.valid_every) and step > 0 and step % cfg.valid_every == 0
+        return due and self.valid_data is not None and not self._validated()
 
     def _remaining_groups(self) -> Iterator[list[Batch]]:
         """The rest of the current epoch's batches from the saved position, update_freq at a
@@ -380,7 +448,13 @@ class Trainer:
         return bool(self.stop_reason)
 
     def _validate_and_save(self) -> None:
-        metrics = self.validate() if self.valid_data is not None else {}
+        """Validate the current step, record its scores and checkpoint it; a stop request
+        during validation leaves both to _fit (stop_signal is set by then)."""
+        try:
+            metrics = self.validate() if self.valid_data is not None else {}
+        except EvaluationStopped:
+            self.validation_cut_short = True
+            return
         score = metrics.get("valid/bleu", -metrics.get("valid/loss", 0.0))
         is_best = self.state.best_score is None or score > self.state.best_score
         if is_best:
@@ -438,28 +512,50 @@ class Trainer:
         )
 
 
+def eval_batch_ids(data: ParallelData) -> list[np.ndarray]:
+    """Deterministic length-sorted batches covering every pair once (validation, test).
+
+    Sized like `mt translate`'s batches (DecodeConfig's max_tokens and batch_size defaults),
+    never like training's: a small train.max_tokens must not make every validation crawl.
+    """
+    decode = DecodeConfig()
+    lens = np.maximum(data.src_lens, data.tgt_lens)  # teacher forcing pads both sides
+    order = np.argsort(data.src_lens, kind="stable")
+    return pack_batches(order, lens, decode.max_tokens, max_sentences=decode.batch_size)
+
+
 @torch.no_grad()  # not inference_mode: see mt.search
 def evaluate_split(
     model: nn.Module,
     data: ParallelData,
     tokenizer: Tokenizer,
-    max_tokens: int,
     precision: str,
     device: torch.device,
     with_bleu: bool,
     prefix: str,
     label_smoothing: float = 0.0,
+    stop: Callable[[], str] | None = None,
 ) -> dict[str, float]:
     """Loss per target token, perplexity and (if `with_bleu`) greedy BLEU of one split.
 
-    Runs on the bare model (not a DDP wrapper), so one rank can evaluate alone.
+    Runs on the bare model (not a DDP wrapper), so one rank can evaluate alone; its batches
+    are `eval_batch_ids`.
+
+    Args:
+        stop: Asked before every batch; a signal name ("SIGTERM") abandons the split, ""
+            goes on. None: never stop.
+
+    Raises:
+        EvaluationStopped: `stop` returned a signal name.
     """
     model.eval()
     loss_fn = Seq2SeqLoss(model, label_smoothing, PAD_ID)
     loss_sum = nll_sum = tokens = 0.0
     hyps: dict[int, str] = {}
     limits = Limits(BOS_ID, EOS_ID, max_len=data.max_len - 1)  # bos takes one of the positions
-    for ids in eval_batches(data, max_tokens):
+    for ids in eval_batch_ids(data):
+        if stop is not None and (signal_name := stop()):
+            raise EvaluationStopped(signal_name)
         batch = data.collate(ids).to(device)
         with autocast(precision, device):
             loss, nll = loss_fn(batch.src, batch.src_pad_mask, batch.tgt_in, batch.tgt_out)

@@ -31,9 +31,10 @@ def _start_train(prepared_dir, run_dir, *extra):
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path, proc, timeout=120):
+def _wait_for(path, proc, timeout=120, text=""):
+    """Wait until `path` exists (and holds `text`), failing if the process ends first."""
     start = time.time()
-    while not path.exists():
+    while not path.exists() or text not in path.read_text(encoding="utf-8", errors="replace"):
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() - start < timeout
         time.sleep(0.2)
@@ -43,8 +44,7 @@ def _wait_for(path, proc, timeout=120):
 def test_stop_signal_checkpoints_and_says_how_to_resume(prepared_dir, tmp_path, sig):
     run = tmp_path / "r"
     proc = _start_train(prepared_dir, run, "train.max_steps=100000", "train.valid_every=0")
-    _wait_for(run / "train.log", proc)
-    time.sleep(3)
+    _wait_for(run / "train.log", proc, text=" | loss ")  # training has begun (log_every=1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err

@@ -8,6 +8,7 @@ that names the key. `model_preset` reads a configs/model/ preset the same way wi
 from __future__ import annotations
 
 import importlib.resources
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -171,20 +172,20 @@ class TrainLoopConfig:
     max_epochs: int = 0
     """Stop after this many epochs; 0 for no limit."""
     max_minutes: float = 0.0
-    """Stop after this much wall-clock training time; 0 for no limit."""
+    """Stop after this much wall-clock training time; 0 for no limit (at most 10,000,000)."""
     lr: float = 7e-4
-    """Peak learning rate, reached at the end of warmup."""
+    """Peak learning rate, reached at the end of warmup; above 0, at most 1."""
     warmup_steps: int = 4000
     """Linear warmup steps before the decay."""
     schedule: str = "inverse_sqrt"
     """inverse_sqrt (lr * sqrt(warmup / step)) | linear (decays to 0 at train.max_steps, or sooner
     where train.max_minutes ends the run first: at the pace so far, the steps that fit in it)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    """AdamW betas."""
+    """AdamW betas, each in [0, 1)."""
     eps: float = 1e-8
-    """AdamW epsilon."""
+    """AdamW epsilon, 0 to 1."""
     weight_decay: float = 0.0
-    """Decoupled weight decay of linear weights."""
+    """Decoupled weight decay of linear weights, 0 to 1."""
     clip_norm: float = 1.0
     """Clip the gradient norm to this; 0 disables clipping."""
     label_smoothing: float = 0.1
@@ -195,7 +196,7 @@ class TrainLoopConfig:
     device: str = "auto"
     """auto | cpu | cuda (auto: cuda when available)."""
     seed: int = 1
-    """Seed for initialization, dropout and batch order."""
+    """Seed for initialization, dropout and batch order, 0 to 2**32 - 1."""
     valid_every: int = 1000
     """Validate (loss, greedy BLEU) and checkpoint every N steps; 0: only at the end."""
     valid_bleu: bool = True
@@ -246,21 +247,31 @@ class DecodeConfig:
     """Search settings of `mt translate` and `mt eval`."""
 
     beam: int = 5
-    """Beam size; 1 is greedy search (its own fast path)."""
+    """Beam size; 1 is greedy search (its own fast path). Above 1000 needs allow_large."""
     nbest: int = 1
     """Hypotheses written per input line (at most beam); >1 writes `line<TAB>score<TAB>text`."""
     lenpen: float = 1.0
-    """GNMT length penalty exponent alpha: score = logprob / ((5 + len) / 6) ** alpha."""
+    """GNMT length penalty exponent alpha: score = logprob / ((5 + len) / 6) ** alpha; 0 to 10
+    (0 ranks by total log-probability; 10 already favours long outputs overwhelmingly)."""
     max_len_a: float = 1.2
-    """Longest output = max_len_a * source tokens + max_len_b."""
+    """Longest output = max_len_a * source tokens + max_len_b (0 to 100); a one-token source must
+    be allowed at least one token."""
     max_len_b: int = 10
-    """See max_len_a."""
+    """See max_len_a; 0 to 1,000,000 (the model's positions cap the length anyway)."""
     max_tokens: int = 4096
-    """Source tokens (padded) per batch."""
+    """Source tokens (padded) per batch. Above 1,000,000 needs allow_large."""
     batch_size: int = 64
-    """Sentences per batch at most."""
+    """Sentences per batch at most. Above 100,000 needs allow_large."""
     buffer_lines: int = 2000
-    """Input lines read, sorted by length and translated at a time (memory stays flat)."""
+    """Input lines read, sorted by length and translated at a time (memory stays flat). Above
+    10,000,000 needs allow_large."""
+    max_line_bytes: int = 1_000_000
+    """Longest input line read into memory, in bytes: an input line longer than this is refused
+    with its file and line; raise it for longer lines (above 100,000,000 needs allow_large)."""
+    allow_large: bool = False
+    """Accept decode.beam or decode.nbest above 1,000, decode.max_tokens above 1,000,000,
+    decode.batch_size above 100,000, decode.buffer_lines above 10,000,000 or
+    decode.max_line_bytes above 100,000,000: sizes that can exhaust memory, refused unless set."""
     inter_threads: int = 1
     """Batches decoded at once on CPU, each on 1/inter_threads of the CPU threads (as in
     CTranslate2): more throughput where one batch's small matmuls keep the cores from being
@@ -272,9 +283,9 @@ class DecodeConfig:
     topp: float = 1.0
     """Sample within the smallest set of tokens whose probability reaches topp."""
     temperature: float = 1.0
-    """Sampling temperature."""
+    """Sampling temperature, 0.001 to 1000."""
     seed: int = 1
-    """Seed of sampling."""
+    """Seed of sampling, 0 to 2**32 - 1."""
     prefix: str | None = None
     """File of target prefixes, one per input line (empty: none): each output starts with its
     line's prefix and continues from there."""
@@ -293,7 +304,8 @@ class DecodeConfig:
     alignment_unit: str = "piece"
     """piece | word: what the alignment indices count."""
     alignment_layer: int = -1
-    """Decoder layer whose cross-attention (heads averaged) aligns and is drawn; -1 the last."""
+    """Decoder layer whose cross-attention (heads averaged) aligns and is drawn: 0 the first, -1
+    the last."""
     attention_dir: str | None = None
     """Write a PNG of each of the first attention_lines outputs' cross-attention here."""
     attention_lines: int = 20
@@ -357,7 +369,7 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["bleu", "bleu_lc", "chrf", "ter"])
     """Metrics to compute: bleu (cased), bleu_lc (lowercased, as `sacrebleu -lc`), chrf, ter."""
     bootstrap_samples: int = 1000
-    """Paired bootstrap resamples when comparing systems."""
+    """Paired bootstrap resamples when comparing systems, 1 to 1,000,000."""
     device: str = "auto"
     precision: str = "auto"
     threads: int = 0
@@ -389,7 +401,8 @@ class ServeOptions:
     """Batching and limits of the `mt serve` HTTP server (the `serve.*` keys)."""
 
     batch_window_ms: float = 5.0
-    """After a request arrives, wait this long for others to decode in the same batch."""
+    """After a request arrives, wait this long for others to decode in the same batch (at most
+    60,000)."""
     max_batch_sentences: int = 64
     """Sentences collected into one batch at most (one request larger than this runs alone)."""
     max_chars: int = 2000
@@ -399,7 +412,7 @@ class ServeOptions:
     max_beam: int = 8
     """Largest beam a request may ask for (decode.beam is the default)."""
     timeout_s: float = 30.0
-    """A request not answered within this many seconds gets 504."""
+    """A request not answered within this many seconds gets 504 (above 0, at most 86,400)."""
     max_queue: int = 256
     """Requests waiting for the decoder at most; over it new ones get 503."""
     max_body_bytes: int = 1_000_000
@@ -407,6 +420,10 @@ class ServeOptions:
     api_key: str | None = None
     """Required key (`Authorization: Bearer KEY` or `X-API-Key: KEY`); null reads the
     MT_SERVE_API_KEY environment variable, and no key there leaves the server open."""
+    allow_large: bool = False
+    """Accept limits that can exhaust memory, refused unless set: serve.max_batch_sentences or
+    serve.max_sentences above 10,000, serve.max_chars or serve.max_queue above 1,000,000,
+    serve.max_beam above 1,000, serve.max_body_bytes above 100,000,000."""
 
 
 @dataclass
@@ -441,9 +458,178 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}.")
 
 
-def _check_positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}={value} must be positive.")
+INT32_MAX = 2**31 - 1
+"""The largest value of an integer option without a tighter bound (C ints: CTranslate2, torch)."""
+BYTES_MAX = 2**63 - 1
+"""The largest byte count (a signed 64-bit file offset)."""
+SEED_MAX = 2**32 - 1
+"""Seeds go to NumPy, torch and CTranslate2, whose seeds are unsigned 32-bit integers."""
+THREADS_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric option accepts: low <= value <= high, finite.
+
+    `open_low` / `open_high` exclude the end. A value above `large` can exhaust memory: it is
+    refused unless the group's `allow_large` is set.
+    """
+
+    low: float
+    high: float = INT32_MAX
+    open_low: bool = False
+    open_high: bool = False
+    large: float | None = None
+
+
+def _number(x: float) -> str:
+    """A bound or value as the user would type it: 10 not 10.0, 1e+308, nan."""
+    if isinstance(x, int) and x.bit_length() > 64:  # str() refuses ints of over 4300 digits
+        return f"{'-' if x < 0 else ''}<a {int(x.bit_length() * math.log10(2)) + 1}-digit number>"
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return str(x)
+
+
+def _interval(bound: Bound, too_low: bool = False) -> str:
+    """`in [0, 10]`; `at least 1` where the upper end is no real limit and not the problem."""
+    if bound.high == math.inf or (too_low and bound.high >= INT32_MAX):
+        return f"{'above' if bound.open_low else 'at least'} {_number(bound.low)}"
+    left, right = "(" if bound.open_low else "[", ")" if bound.open_high else "]"
+    return f"in {left}{_number(bound.low)}, {_number(bound.high)}{right}"
+
+
+def _within(value: float, bound: Bound) -> bool:
+    """Whether `value` is a finite number within `bound` (`large` aside)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    above_low = value > bound.low if bound.open_low else value >= bound.low
+    return above_low and (value < bound.high if bound.open_high else value <= bound.high)
+
+
+def check_value(key: str, value: float, bound: Bound, large_key: str | None = None) -> None:
+    """Raise ConfigError, in one sentence naming `key`, unless `value` is within `bound`.
+
+    Args:
+        key: The option as typed on the command line, e.g. `decode.lenpen`.
+        value: Its value (an int or a float; NaN and infinities are refused).
+        bound: The values it accepts.
+        large_key: The key that allows values above `bound.large` (e.g. `decode.allow_large`);
+            None when they are allowed.
+    """
+    shown = _number(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={shown} must be a finite number.")
+    if not _within(value, bound):
+        raise ConfigError(f"{key}={shown} must be {_interval(bound, value <= bound.low)}.")
+    if large_key and bound.large is not None and value > bound.large:
+        raise ConfigError(
+            f"{key}={shown} is above {bound.large:,}, a size that can exhaust memory; set "
+            f"{large_key}=true to use it anyway."
+        )
+
+
+def _check_bounds(
+    obj: Any, bounds: dict[str, Bound], group: str = "", allow_large: bool = True
+) -> None:
+    """check_value for every field of `obj` named in `bounds`; keys are `group.field`.
+
+    Without `allow_large`, values above a bound's `large` are refused, naming `group.allow_large`.
+    """
+    prefix = f"{group}." if group else ""
+    large_key = None if allow_large else f"{group}.allow_large"
+    for name, bound in bounds.items():
+        check_value(prefix + name, getattr(obj, name), bound, large_key)
+
+
+def _check_list(key: str, values: list[float], bound: Bound) -> None:
+    """Every number of a list option within `bound`; the message shows the whole list."""
+    if not all(_within(value, bound) for value in values):
+        shown = "[" + ", ".join(_number(value) for value in values) + "]"
+        raise ConfigError(f"{key}={shown} must hold finite numbers {_interval(bound)}.")
+
+
+CLEAN_BOUNDS = {
+    "max_words": Bound(1),
+    "max_ratio": Bound(0.0, math.inf, open_low=True),
+    "ratio_min_words": Bound(0),
+}
+SPM_BOUNDS = {
+    "vocab_size": Bound(8),
+    "character_coverage": Bound(0.0, 1.0, open_low=True),
+    "input_sentence_size": Bound(1),
+}
+PREPARE_BOUNDS = {"workers": Bound(0, THREADS_MAX), "seed": Bound(0, SEED_MAX)}
+MODEL_BOUNDS = {
+    "d_model": Bound(1, 65_536),
+    "n_heads": Bound(1, 65_536),
+    "n_layers_enc": Bound(1, 1024),
+    "n_layers_dec": Bound(1, 1024),
+    "d_ff": Bound(1, 1_048_576),
+    "dropout": Bound(0.0, 1.0, open_high=True),
+    "attn_dropout": Bound(0.0, 1.0, open_high=True),
+    "act_dropout": Bound(0.0, 1.0, open_high=True),
+    "max_positions": Bound(1, 1_048_576),
+    "max_relative_positions": Bound(0, 1_048_576),
+    "attn_window": Bound(0),
+}
+TRAIN_BOUNDS = {
+    "max_tokens": Bound(8),  # fewer cannot hold a pair of sentences with bos and eos
+    "update_freq": Bound(1),
+    "max_steps": Bound(0),
+    "max_epochs": Bound(0),
+    "max_minutes": Bound(0.0, 1e7),  # minutes * 60 stays an exact float; ~19 years
+    "lr": Bound(0.0, 1.0, open_low=True),  # AdamW steps by ~lr per weight: above 1 diverges
+    "warmup_steps": Bound(0),
+    "eps": Bound(0.0, 1.0),
+    "weight_decay": Bound(0.0, 1.0),  # lr * weight_decay >= 1 would flip the weights' sign
+    "clip_norm": Bound(0.0, math.inf),
+    "label_smoothing": Bound(0.0, 1.0, open_high=True),
+    "seed": Bound(0, SEED_MAX),
+    "valid_every": Bound(0),
+    "patience": Bound(0),
+    "keep_last": Bound(0),
+    "average_last": Bound(0),
+    "log_every": Bound(1),  # a modulus
+    "threads": Bound(0, THREADS_MAX),
+    "max_bad_steps": Bound(1),
+    "fallback_below_steps": Bound(0),
+}
+DECODE_BOUNDS = {
+    "beam": Bound(1, large=1000),
+    "nbest": Bound(1, large=1000),
+    "lenpen": Bound(0.0, 10.0),  # ((5 + len) / 6) ** lenpen overflows near 140 (1,000 tokens)
+    "max_len_a": Bound(0.0, 100.0),  # a * src_len past 2**63 wraps the length cap to 0
+    "max_len_b": Bound(0, 1_000_000),
+    "max_tokens": Bound(1, large=1_000_000),
+    "batch_size": Bound(1, large=100_000),
+    "buffer_lines": Bound(1, large=10_000_000),
+    "max_line_bytes": Bound(1, BYTES_MAX, large=100_000_000),
+    "inter_threads": Bound(1, THREADS_MAX),
+    "topk": Bound(0),
+    "topp": Bound(0.0, 1.0, open_low=True),
+    "temperature": Bound(0.001, 1000.0),  # log-probs / temperature stay finite
+    "seed": Bound(0, SEED_MAX),
+    "no_repeat_ngram": Bound(0),
+    "alignment_layer": Bound(-1),  # the model's depth bounds it from above, checked at load
+    "attention_lines": Bound(0),
+    "shortlist": Bound(0),
+    "shortlist_per_source": Bound(0, 256),  # mt.shortlist.MAX_DEPTH
+}
+SERVE_BOUNDS = {
+    "batch_window_ms": Bound(0.0, 60_000.0),
+    "max_batch_sentences": Bound(1, large=10_000),
+    "max_chars": Bound(1, large=1_000_000),
+    "max_sentences": Bound(1, large=10_000),
+    "max_beam": Bound(1, large=1000),
+    "timeout_s": Bound(0.0, 86_400.0, open_low=True),
+    "max_queue": Bound(1, large=1_000_000),
+    "max_body_bytes": Bound(1, BYTES_MAX, large=100_000_000),
+}
+PORT_BOUND = Bound(0, 65_535)
+THREADS_BOUND = Bound(0, THREADS_MAX)
+BOOTSTRAP_BOUND = Bound(1, 1_000_000)
+"""eval's bootstrap_samples: p-values resolve to 1e-6 by then; each resample rescores a corpus."""
 
 
 def validate_prepare(cfg: PrepareConfig) -> None:
@@ -462,13 +648,11 @@ def validate_prepare(cfg: PrepareConfig) -> None:
     _check_choice("data.format", data.format, ("auto", "text", "tsv", "jsonl"))
     _check_choice("clean.normalize", clean.normalize, NORMALIZATION_FORMS)
     _check_choice("spm.model_type", spm.model_type, ("unigram", "bpe"))
-    _check_positive("clean.max_words", clean.max_words)
-    _check_positive("clean.max_ratio", clean.max_ratio)
-    _check_positive("spm.input_sentence_size", spm.input_sentence_size)
+    _check_bounds(clean, CLEAN_BOUNDS, "clean")
+    _check_bounds(spm, SPM_BOUNDS, "spm")
+    _check_bounds(cfg, PREPARE_BOUNDS)
     if spm.vocab_size < 8 + len(spm.user_defined_symbols):
         raise ConfigError(f"spm.vocab_size={spm.vocab_size} is too small.")
-    if not 0.0 < spm.character_coverage <= 1.0:
-        raise ConfigError(f"spm.character_coverage={spm.character_coverage} must be in (0, 1].")
     if data.tsv_columns is not None and sorted(data.tsv_columns) != sorted({*data.tsv_columns}):
         raise ConfigError(f"data.tsv_columns={data.tsv_columns} names a language twice.")
 
@@ -485,7 +669,7 @@ def direction_pair(direction: str) -> tuple[str, str]:
 
 
 def _check_positions(model: ModelConfig) -> None:
-    """The keys that go with model.positions, and model.attn_window."""
+    """The keys that go with model.positions."""
     if model.positions == "rope" and (model.d_model // model.n_heads) % 2:
         raise ConfigError(
             f"model.positions=rope needs an even head dimension, not "
@@ -500,14 +684,11 @@ def _check_positions(model: ModelConfig) -> None:
         raise ConfigError(
             f"model.max_relative_positions={k} is used only with model.positions=relative."
         )
-    if model.attn_window < 0:
-        raise ConfigError(f"model.attn_window={model.attn_window} must be >= 0 (0 = full).")
 
 
 def validate_model(model: ModelConfig) -> None:
     """Raise ConfigError naming the first model key whose value makes no sense."""
-    for key in ("d_model", "n_heads", "n_layers_enc", "n_layers_dec", "d_ff", "max_positions"):
-        _check_positive(f"model.{key}", getattr(model, key))
+    _check_bounds(model, MODEL_BOUNDS, "model")
     if model.d_model % model.n_heads:
         raise ConfigError(
             f"model.d_model={model.d_model} is not divisible by model.n_heads={model.n_heads}."
@@ -516,9 +697,6 @@ def validate_model(model: ModelConfig) -> None:
     _check_choice("model.norm", model.norm, ("pre", "post"))
     _check_choice("model.positions", model.positions, ("sinusoidal", "learned", "rope", "relative"))
     _check_positions(model)
-    for key in ("dropout", "attn_dropout", "act_dropout"):
-        if not 0.0 <= getattr(model, key) < 1.0:
-            raise ConfigError(f"model.{key}={getattr(model, key)} must be in [0, 1).")
 
 
 def model_preset(name: str, **overrides: Any) -> ModelConfig:
@@ -546,6 +724,8 @@ def validate_train(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the first key of a train config that makes no sense."""
     validate_model(cfg.model)
     t = cfg.train
+    _check_bounds(t, TRAIN_BOUNDS, "train")
+    _check_list("train.betas", t.betas, Bound(0.0, 1.0, open_high=True))
     _check_choice("train.precision", t.precision, ("auto", "bf16", "fp16", "fp32"))
     _check_choice("train.device", t.device, ("auto", "cpu", "cuda"))
     _check_choice("train.schedule", t.schedule, ("inverse_sqrt", "linear"))
@@ -556,14 +736,8 @@ def validate_train(cfg: TrainConfig) -> None:
             f"train.schedule=linear decays to 0 at train.max_steps, which must exceed "
             f"train.warmup_steps={t.warmup_steps} (got {t.max_steps}), or by train.max_minutes."
         )
-    for key in ("max_tokens", "update_freq", "lr"):
-        _check_positive(f"train.{key}", getattr(t, key))
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas={t.betas} must hold two numbers.")
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise ConfigError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
-    if t.max_tokens < 8:
-        raise ConfigError(f"train.max_tokens={t.max_tokens} is too small for any batch.")
     if t.fallback_model:
         if t.max_minutes <= 0 or t.fallback_below_steps <= 0:
             raise ConfigError(
@@ -586,24 +760,27 @@ def fallback_model(model: ModelConfig, preset: str) -> ModelConfig:
 
 def validate_decode(decode: DecodeConfig) -> None:
     """Raise ConfigError naming the first decode key whose value makes no sense."""
-    keys = ("beam", "nbest", "max_tokens", "batch_size", "buffer_lines", "temperature")
-    for key in (*keys, "inter_threads"):
-        _check_positive(f"decode.{key}", getattr(decode, key))
+    if decode.alignment_layer < -1:
+        raise ConfigError(
+            f"decode.alignment_layer={_number(decode.alignment_layer)} must be -1 (the last "
+            "layer) or a layer index from 0."
+        )
+    _check_bounds(decode, DECODE_BOUNDS, "decode", decode.allow_large)
     if decode.nbest > decode.beam:
         raise ConfigError(f"decode.nbest={decode.nbest} exceeds decode.beam={decode.beam}.")
-    if not 0.0 < decode.topp <= 1.0:
-        raise ConfigError(f"decode.topp={decode.topp} must be in (0, 1].")
-    if decode.topk < 0:
-        raise ConfigError(f"decode.topk={decode.topk} must be 0 or more.")
-    if decode.no_repeat_ngram < 0:
-        raise ConfigError(f"decode.no_repeat_ngram={decode.no_repeat_ngram} must be 0 or more.")
-    _check_choice("decode.alignment_unit", decode.alignment_unit, ("piece", "word"))
-    if decode.shortlist < 0:
-        raise ConfigError(f"decode.shortlist={decode.shortlist} must be 0 (off) or more.")
-    if not 0 <= decode.shortlist_per_source <= 256:  # mt.shortlist.MAX_DEPTH
+    if int(decode.max_len_a + decode.max_len_b) < 1:  # the cap of a one-token source
         raise ConfigError(
-            f"decode.shortlist_per_source={decode.shortlist_per_source} must be in 0..256."
+            f"decode.max_len_a={_number(decode.max_len_a)} and decode.max_len_b="
+            f"{_number(decode.max_len_b)} allow no output for a one-token source (its output is "
+            "cut to max_len_a + max_len_b tokens); raise one of them."
         )
+    if decode.ensemble_weights is not None:
+        _check_list("decode.ensemble_weights", decode.ensemble_weights, Bound(0.0, math.inf))
+        if sum(decode.ensemble_weights) <= 0:
+            raise ConfigError(
+                f"decode.ensemble_weights={decode.ensemble_weights} must have a weight above 0."
+            )
+    _check_choice("decode.alignment_unit", decode.alignment_unit, ("piece", "word"))
     if decode.constraints is not None and decode.sampling:
         raise ConfigError("decode.constraints needs beam search, not decode.sampling=true.")
 
@@ -612,18 +789,26 @@ def validate_serve(cfg: ServeConfig) -> None:
     """Raise ConfigError naming the first key of a serve config that makes no sense."""
     validate_decode(cfg.decode)
     s = cfg.serve
-    for key in ("max_batch_sentences", "max_chars", "max_sentences", "max_beam", "timeout_s"):
-        _check_positive(f"serve.{key}", getattr(s, key))
-    for key in ("max_queue", "max_body_bytes"):
-        _check_positive(f"serve.{key}", getattr(s, key))
-    if s.batch_window_ms < 0:
-        raise ConfigError(f"serve.batch_window_ms={s.batch_window_ms} must be 0 or more.")
+    _check_bounds(s, SERVE_BOUNDS, "serve", s.allow_large)
+    check_value("port", cfg.port, PORT_BOUND)
+    check_value("threads", cfg.threads, THREADS_BOUND)
     if cfg.decode.beam > s.max_beam:
         raise ConfigError(f"decode.beam={cfg.decode.beam} exceeds serve.max_beam={s.max_beam}.")
     if cfg.decode.sampling:
         raise ConfigError("decode.sampling=true is not supported by mt serve; use beam search.")
-    if not 0 <= cfg.port < 65536:
-        raise ConfigError(f"port={cfg.port} must be in 0..65535.")
+
+
+def validate_translate(cfg: TranslateConfig) -> None:
+    """Raise ConfigError naming the first key of a translate config that makes no sense."""
+    validate_decode(cfg.decode)
+    check_value("threads", cfg.threads, THREADS_BOUND)
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    """Raise ConfigError naming the first key of an eval config that makes no sense."""
+    validate_decode(cfg.decode)
+    check_value("bootstrap_samples", cfg.bootstrap_samples, BOOTSTRAP_BOUND)
+    check_value("threads", cfg.threads, THREADS_BOUND)
 
 
 def register_configs() -> None:

@@ -45,15 +45,15 @@ def test_paired_bootstrap_compares_two_systems(tmp_path):
     bad = _write(tmp_path / "bad.txt", ["nothing like it"] * 40)
     result = mt(
         "eval",
-        f"hyp=[{good},{bad}]",
+        f"hyp=[{bad},{good}]",
         f"ref={ref}",
         "bootstrap_samples=200",
         f"report={tmp_path / 'c.json'}",
     )
     assert result.returncode == 0, result.stderr
     comparison = json.loads((tmp_path / "c.json").read_text())["comparison"]
-    assert comparison[str(bad)]["BLEU"]["significant"] is True
-    assert comparison[str(good)]["BLEU"]["p_value"] is None  # the baseline
+    assert comparison[str(good)]["BLEU"]["significant"] is True  # better than the baseline
+    assert comparison[str(bad)]["BLEU"]["p_value"] is None  # the baseline
     assert "paired bootstrap" in result.stdout
 
 

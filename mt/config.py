@@ -404,7 +404,7 @@ class ServeOptions:
     """After a request arrives, wait this long for others to decode in the same batch (at most
     60,000)."""
     max_batch_sentences: int = 64
-    """Sentences collected into one batch at most (one request larger than this runs alone)."""
+    """Sentences per decoder call at most (a larger request is decoded in several)."""
     max_chars: int = 2000
     """Characters per sentence at most; a longer one is refused with 413."""
     max_sentences: int = 64
@@ -417,9 +417,24 @@ class ServeOptions:
     """Requests waiting for the decoder at most; over it new ones get 503."""
     max_body_bytes: int = 1_000_000
     """Request body size at most; a larger body is refused with 413."""
+    batch_cost: int = 32_768
+    """Decoding work of one decoder call at most, in token-steps (beam x output cap per
+    sentence); heavy requests are cut into chunks this size, which a light request waits for
+    at most."""
+    max_request_cost: int = 150_000
+    """Decoding work of one request at most, in token-steps; more is refused with 413."""
+    read_timeout_s: float = 10.0
+    """A request body not complete within this many seconds of its head gets 408 and the
+    connection is closed."""
+    idle_timeout_s: float = 5.0
+    """A connection that sends no complete request head within this many seconds of opening or
+    of its last answer is closed."""
+    shutdown_s: float = 3.0
+    """After SIGTERM, requests in flight have this long to be answered; the rest get 503."""
     api_key: str | None = None
     """Required key (`Authorization: Bearer KEY` or `X-API-Key: KEY`); null reads the
-    MT_SERVE_API_KEY environment variable, and no key there leaves the server open."""
+    MT_SERVE_API_KEY environment variable, and no key there leaves the server open. An empty
+    key is refused."""
     allow_large: bool = False
     """Accept limits that can exhaust memory, refused unless set: serve.max_batch_sentences or
     serve.max_sentences above 10,000, serve.max_chars or serve.max_queue above 1,000,000,
@@ -625,6 +640,11 @@ SERVE_BOUNDS = {
     "timeout_s": Bound(0.0, 86_400.0, open_low=True),
     "max_queue": Bound(1, large=1_000_000),
     "max_body_bytes": Bound(1, BYTES_MAX, large=100_000_000),
+    "batch_cost": Bound(1, large=10_000_000),
+    "max_request_cost": Bound(1, large=100_000_000),
+    "read_timeout_s": Bound(0.0, 3600.0, open_low=True),
+    "idle_timeout_s": Bound(0.0, 3600.0, open_low=True),
+    "shutdown_s": Bound(0.0, 600.0),
 }
 PORT_BOUND = Bound(0, 65_535)
 THREADS_BOUND = Bound(0, THREADS_MAX)

@@ -2,6 +2,8 @@
 
 Every error is `{"error": "<one sentence>"}` with a 4xx/5xx status; a limit's sentence names
 its `serve.*` key. `build_app` takes objects (a Translator, the options, the key), not config.
+One request's fault (bad text, a decoder error, a slow body, a client gone) is answered or
+dropped on its own: the others in its batch still get their translations.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import dataclasses
 import functools
 import hmac
 import importlib.resources
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,11 +27,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mt.config import ServeOptions
 from mt.serve_attention import attention_matrix
-from mt.serve_batch import Batcher, Metrics, QueueFull, Results, Settings
+from mt.serve_batch import (
+    Batcher,
+    DecodeFailed,
+    Metrics,
+    QueueFull,
+    Results,
+    ServerStopping,
+    Settings,
+    TooCostly,
+)
 from mt.translate import Translator
+
+log = logging.getLogger("mt.serve")
 
 PAGE = "serve_page.html"
 ROUTES = ("/", "/translate", "/attention", "/health", "/metrics", "/docs", "/openapi.json")
+STOPPING = "the server is stopping; send the request again shortly."
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
 
 
 class ApiError(Exception):
@@ -110,6 +126,8 @@ def build_app(translator: Translator, options: ServeOptions, api_key: str | None
         options.max_batch_sentences,
         options.max_queue,
         metrics,
+        options.batch_cost,
+        options.max_request_cost,
     )
 
     @asynccontextmanager
@@ -125,7 +143,11 @@ def build_app(translator: Translator, options: ServeOptions, api_key: str | None
     )
     app.state.batcher, app.state.metrics = batcher, metrics
     _add_error_handlers(app)
-    app.add_middleware(_Gate, max_body_bytes=options.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        _Gate, max_body_bytes=options.max_body_bytes,
+        read_timeout_s=options.read_timeout_s,
+        metrics=metrics,
+    )  # fmt: skip
     _add_routes(app, translator, options, batcher, _key_check(api_key))
     return app
 
@@ -152,7 +174,7 @@ def _add_routes(
             model_loaded=True,
             checkpoint=str(translator.run.checkpoint),
             uptime_s=round(time.monotonic() - started, 3),
-            queue=batcher.queue.qsize(),
+            queue=batcher.waiting(),
         )
 
     @app.get("/metrics", dependencies=[Depends(authorized)], response_class=PlainTextResponse)
@@ -190,12 +212,15 @@ def _add_attention_route(
             return AttentionResponse(**await batcher.run_in_decoder(matrix, left))
         except asyncio.TimeoutError:
             raise ApiError(504, _late(options)) from None
+        except ServerStopping:
+            raise ApiError(503, STOPPING) from None
 
 
 async def _submit(
     batcher: Batcher, lines: list[str], settings: Settings, options: ServeOptions
 ) -> Results:
-    """The batcher's results, or ApiError 503 (queue full) or 504 (serve.timeout_s passed)."""
+    """The batcher's results, or ApiError: 413 (too costly), 503 (queue full, stopping),
+    504 (serve.timeout_s passed) or 500 (decoding this request failed)."""
     try:
         return await batcher.submit(lines, settings, options.timeout_s)
     except QueueFull:
@@ -203,6 +228,18 @@ async def _submit(
             503, f"the server is busy: serve.max_queue={options.max_queue} requests are "
             "waiting; try again shortly.",
         ) from None  # fmt: skip
+    except TooCostly as exc:
+        raise ApiError(
+            413, f"this request may cost {exc.cost} token-steps of decoding (beam {settings.beam} "
+            f"x each sentence's output cap, summed); serve.max_request_cost is {exc.limit}: send "
+            "fewer or shorter sentences or a smaller beam, or raise serve.max_request_cost.",
+        ) from None  # fmt: skip
+    except ServerStopping:
+        raise ApiError(503, STOPPING) from None
+    except DecodeFailed as exc:
+        raise ApiError(
+            500, f"internal error while decoding this request: {str(exc).rstrip('.')}."
+        ) from None
     except asyncio.TimeoutError:
         raise ApiError(504, _late(options)) from None
 
@@ -229,6 +266,11 @@ def check_request(
                 413, f"sentence {i} has {len(line)} characters; serve.max_chars is "
                 f"{options.max_chars}.",
             )  # fmt: skip
+        if fault := unicode_fault(line):
+            raise ApiError(
+                422, f"sentence {i} (text[{i - 1}]) is not valid Unicode: {fault}; send "
+                "both halves of a UTF-16 pair, or UTF-8 text.",
+            )  # fmt: skip
     d = translator.decode
     beam = req.beam or d.beam
     if beam > options.max_beam:
@@ -237,6 +279,16 @@ def check_request(
     if nbest > beam:
         raise ApiError(422, f"nbest={nbest} exceeds beam={beam}.")
     return lines, Settings(beam, nbest, d.lenpen if req.lenpen is None else req.lenpen)
+
+
+def unicode_fault(line: str) -> str | None:
+    """Where `line` is not valid Unicode, or None. JSON's \\u escapes can carry half of a UTF-16
+    surrogate pair alone, which Python keeps in a str but no tokenizer can encode."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone UTF-16 surrogate U+{ord(line[exc.start]):04X} at character {exc.start + 1}"
+    return None
 
 
 def _response(results: Results, nbest: int) -> TranslateResponse:
@@ -275,6 +327,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "error parsing the body"
+            bad = exc.__cause__
+            where = f"byte {bad.object[bad.start]:#04x} at offset {bad.start}"
+            return JSONResponse({"error": f"the request body is not valid UTF-8 ({where})."}, 400)
         return JSONResponse({"error": f"{exc.detail}."}, exc.status_code, exc.headers)
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -284,13 +340,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         status, message = validation_sentence(exc.errors(), json_sent, model)
         return JSONResponse({"error": message}, status_code=status)
 
-    async def crashed(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}."}, 500)
-
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(Exception, crashed)
 
 
 def validation_sentence(
@@ -328,16 +380,23 @@ def validation_sentence(
 
 
 class _Gate:
-    """ASGI middleware: refuses bodies over serve.max_body_bytes (413), counts every answer."""
+    """ASGI middleware guarding each request: refuses bodies over serve.max_body_bytes (413) or
+    not complete within read_timeout_s (408, then the connection closes); cancels the app when
+    the client disconnects first (its queued sentences are then never decoded); answers an
+    unexpected error with a 500 JSON sentence and one traceback in the log, keeping the
+    connection; counts every answer (a client gone before its answer as 499)."""
 
-    def __init__(self, app: Any, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: Any, max_body_bytes: int, read_timeout_s: float, metrics: Metrics
+    ) -> None:
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), [500]
+        started, status = time.perf_counter(), [CLIENT_GONE]  # until an answer starts
 
         async def send_noting_status(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -347,43 +406,87 @@ class _Gate:
         path = scope["path"] if scope["path"] in ROUTES else "other"
         try:
             body = await self._read_body(scope, receive)
-            if body is None:
-                too_big = f"the request body is over serve.max_body_bytes={self.max_body_bytes}."
-                answer = JSONResponse({"error": too_big}, 413, {"connection": "close"})
-                await answer(scope, receive, send_noting_status)
-            else:
-                await self.app(scope, _replay(body, receive), send_noting_status)
+            if isinstance(body, bytes):
+                await self._run(scope, body, receive, send_noting_status, status)
+            elif body is not None:
+                await _answer(scope, send_noting_status, body)
         finally:
             self.metrics.record_request(path, status[0], time.perf_counter() - started)
 
-    async def _read_body(self, scope: dict, receive: Callable) -> bytes | None:
-        """The whole body, or None as soon as it is known to be over the limit."""
+    async def _read_body(self, scope: dict, receive: Callable) -> bytes | ApiError | None:
+        """The whole body; else the error to answer (too big, too slow), or None if the client
+        left."""
         headers = dict(scope.get("headers", []))
         declared = headers.get(b"content-length", b"0")
+        too_big = ApiError(
+            413, f"the request body is over serve.max_body_bytes={self.max_body_bytes}."
+        )
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return None
+            return too_big
         chunks, size = [], 0
+        deadline = time.monotonic() + self.read_timeout_s
         while True:
-            message = await receive()
+            try:  # a deadline on the whole body: dribbling a byte at a time does not reset it
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                return ApiError(
+                    408, f"the request body did not arrive within serve.read_timeout_s="
+                    f"{self.read_timeout_s:g} seconds.",
+                )  # fmt: skip
             if message["type"] != "http.request":  # the client left
-                return b"".join(chunks)
+                return None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body_bytes:
-                return None
+                return too_big
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
+    async def _run(
+        self, scope: dict, body: bytes, receive: Callable, send: Callable, status: list[int]
+    ) -> None:
+        """The app on `body`, cancelled if the client disconnects before it answers; an error
+        it raises is logged once and answered 500 if no answer has started."""
+        gone = asyncio.Event()
 
-def _replay(body: bytes, receive: Callable) -> Callable[[], Awaitable[dict]]:
-    """A receive() that hands the app the body already read, then the client's messages."""
-    sent = False
+        async def watch() -> None:  # the only reader of the client's messages from now on
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
 
-    async def replayed() -> dict:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        unread = [body]
 
-    return replayed
+        async def replayed() -> dict:  # the app's receive(): the body, then the disconnect
+            if unread:
+                return {"type": "http.request", "body": unread.pop(), "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        app = asyncio.ensure_future(self.app(scope, replayed, send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this task is cancelled (the server stopping)
+            watcher.cancel()
+            if not app.done():
+                app.cancel()
+        try:
+            await app
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+        except Exception:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            if status[0] == CLIENT_GONE:  # no answer started
+                await _answer(scope, send, ApiError(500, "internal error; see the server log."))
+
+
+async def _answer(scope: dict, send: Callable, error: ApiError) -> None:
+    """Send `error` as the JSON answer; a 408 or 413 closes the connection (the rest of the body
+    was not read)."""
+    headers = {"connection": "close"} if error.status in (408, 413) else None
+    await JSONResponse({"error": error.message}, error.status, headers)(scope, _nothing, send)
+
+
+async def _nothing() -> dict:
+    return {"type": "http.disconnect"}

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import http.client
+import json
+import logging
 import queue
 import re
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +30,7 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mt.config import ConfigError, DecodeConfig, ServeOptions, validate_serve  # noqa: E402
+from mt.errors import MTError  # noqa: E402
 from mt.serve import api_key_of  # noqa: E402
 from mt.serve_app import build_app  # noqa: E402
 from mt.translate import Translator, load_run  # noqa: E402
@@ -71,18 +77,34 @@ async def _async_client(app):
             yield c
 
 
+class _WordTokenizer:
+    """A stand-in tokenizer: one token per word."""
+
+    def encode(self, texts):
+        return [[1] * len(text.split()) for text in texts]
+
+
 class _Blocking:
-    """A stand-in Translator whose translate() blocks until `release` is set."""
+    """A stand-in Translator whose translate() blocks until `release` is set; it records the
+    sentences of each call in `calls`."""
 
     def __init__(self) -> None:
         self.decode = DecodeConfig()
-        self.run = SimpleNamespace(checkpoint=Path("stub.pt"))
+        self.run = SimpleNamespace(
+            checkpoint=Path("stub.pt"), src_tok=_WordTokenizer(), max_len=1024
+        )
         self.started, self.release = threading.Event(), threading.Event()
+        self.calls: list[list[str]] = []
 
     def translate(self, lines, where="<input>", first_line=1):
+        self.calls.append(list(lines))
         self.started.set()
         assert self.release.wait(20)
         return [[(line.upper(), -1.0)] for line in lines]
+
+
+HEAVY = "w " * 999 + "w"  # 1,000 words, 1,999 characters: at beam 8, 4 to a chunk
+JSON = {"content-type": "application/json"}
 
 
 # ------------------------------------------------------------------ translations
@@ -293,6 +315,7 @@ def test_a_chunked_body_over_the_limit_is_refused_too(translator, src):
         (b'{"text": "a", "beam": "wide"}', 422, "beam: "),
         (b'{"text": "a", "beam": 0}', 422, "beam: "),
         (b'{"text": "a", "colour": 1}', 422, "unknown field 'colour'"),
+        (b'{"text": "a \xff b"}', 400, "not valid UTF-8 (byte 0xff at offset 12)"),
     ],
 )
 def test_malformed_requests_get_one_sentence_json_errors(client, src, content, status, fragment):
@@ -397,7 +420,7 @@ def test_a_full_queue_gives_503_and_queued_requests_still_finish():
             while not stub.started.is_set():  # the worker is decoding "a"
                 await asyncio.sleep(0.01)
             second = asyncio.create_task(c.post("/translate", json={"text": "b"}))
-            while app.state.batcher.queue.qsize() < 1:  # "b" waits in the queue
+            while (await c.get("/health")).json()["queue"] < 1:  # "b" waits in the queue
                 await asyncio.sleep(0.01)
             third = await c.post("/translate", json={"text": "c"})
             stub.release.set()
@@ -439,6 +462,252 @@ def test_a_decoder_crash_is_a_500_json_and_the_server_goes_on():
         crashed = c.post("/translate", json={"text": "a"})
         assert crashed.status_code == 500 and "RuntimeError" in crashed.json()["error"]
         assert c.post("/translate", json={"text": "b"}).json()["translations"] == ["b"]
+
+
+# ------------------------------------------------------------------ one bad request, no one else
+
+
+def test_text_that_is_not_unicode_gets_422_naming_it_and_its_batch_is_translated(translator, src):
+    app = build_app(translator, ServeOptions(batch_window_ms=300), None)
+    bad = json.dumps({"text": [src[0], "a \ud800 b"]}).encode()  # a lone surrogate, escaped
+
+    async def send_all():
+        async with _async_client(app) as c:
+            posts = [c.post("/translate", content=bad, headers=JSON)]
+            posts += [c.post("/translate", json={"text": line}) for line in src[1:5]]
+            answers = await asyncio.gather(*posts)
+            one = json.dumps({"text": "\udc80"}).encode()
+            attention = await c.post("/attention", content=one, headers=JSON)
+            return answers, attention, (await c.get("/metrics")).text
+
+    (refused, *good), attention, metrics = asyncio.run(send_all())
+    assert refused.status_code == 422, refused.text
+    assert "sentence 2 (text[1]) is not valid Unicode" in refused.json()["error"]
+    assert "U+D800 at character 3" in refused.json()["error"]
+    assert [a.json()["translations"][0] for a in good] == [
+        translator.translate([line])[0][0][0] for line in src[1:5]
+    ]
+    assert attention.status_code == 422 and "sentence 1 (text[0])" in attention.json()["error"]
+    assert _metrics(metrics).get('mt_requests_total{path="/translate",status="500"}', 0) == 0
+
+
+def test_a_failing_chunk_is_retried_per_request_and_only_the_one_at_fault_fails(caplog):
+    stub = _Blocking()
+    calls = []
+
+    def translate(lines, where="<input>", first_line=1):
+        calls.append(list(lines))
+        assert stub.release.wait(20)
+        if "poison" in lines:
+            raise RuntimeError("cannot decode poison")
+        return [[(line.upper(), -1.0)] for line in lines]
+
+    stub.translate = translate
+    app = build_app(stub, ServeOptions(batch_window_ms=0), None)
+
+    async def send_all():
+        async with _async_client(app) as c:
+            first = asyncio.create_task(c.post("/translate", json={"text": "x"}))
+            while not calls:  # the decoder is busy with "x"
+                await asyncio.sleep(0.01)
+            bodies = [{"text": "a"}, {"text": ["b", "poison"]}, {"text": ["c", "d"]}]
+            posts = [asyncio.create_task(c.post("/translate", json=b)) for b in bodies]
+            while (await c.get("/health")).json()["queue"] < 3:  # all three wait: one chunk
+                await asyncio.sleep(0.01)
+            stub.release.set()
+            return await first, await asyncio.gather(*posts)
+
+    with caplog.at_level(logging.INFO, logger="mt.serve"):
+        x, (a, poisoned, cd) = asyncio.run(send_all())
+    assert x.json()["translations"] == ["X"] and a.json()["translations"] == ["A"]
+    assert cd.json()["translations"] == ["C", "D"]
+    assert poisoned.status_code == 500
+    assert poisoned.json() == {
+        "error": "internal error while decoding this request: RuntimeError: cannot decode poison."
+    }
+    assert calls[1:] == [["a", "b", "poison", "c", "d"], ["a"], ["b", "poison"], ["c", "d"]]
+    assert sum(r.exc_info is not None for r in caplog.records) == 1  # one traceback
+
+
+def test_over_http_a_bad_request_is_answered_and_the_connection_kept(server, src):
+    host, port = urllib.parse.urlsplit(server).netloc.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        bad = json.dumps({"text": ["\ud800"]}).encode()
+        conn.request("POST", "/translate", body=bad, headers=JSON)
+        answer = conn.getresponse()
+        assert answer.status == 422 and answer.getheader("connection") != "close"
+        assert "sentence 1 (text[0]) is not valid Unicode" in json.loads(answer.read())["error"]
+        conn.request("POST", "/translate", body=json.dumps({"text": src[0]}), headers=JSON)
+        assert conn.getresponse().status == 200  # on the same connection
+    finally:
+        conn.close()
+
+
+def _raw_post(app, body: bytes, leave: asyncio.Event):
+    """POST /translate to the app as an ASGI call whose client leaves when `leave` is set."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/translate", "raw_path": b"/translate", "query_string": b"",
+        "root_path": "", "server": ("mt", 80), "client": ("client", 1),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive():
+        if not sent:
+            sent.append({})
+            return {"type": "http.request", "body": body, "more_body": False}
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    return app(scope, receive, send)
+
+
+def test_a_request_whose_client_left_is_never_decoded():
+    stub = _Blocking()
+    app = build_app(stub, ServeOptions(batch_window_ms=0), None)
+
+    async def scenario():
+        async with _async_client(app) as c:
+            first = asyncio.create_task(c.post("/translate", json={"text": "a"}))
+            while not stub.started.is_set():  # the decoder is busy with "a"
+                await asyncio.sleep(0.01)
+            leave = asyncio.Event()
+            gone = asyncio.create_task(_raw_post(app, b'{"text": "b"}', leave))
+            while (await c.get("/health")).json()["queue"] < 1:  # "b" waits
+                await asyncio.sleep(0.01)
+            leave.set()  # its client disconnects
+            await asyncio.sleep(0.2)
+            stub.release.set()
+            await first
+            after = await c.post("/translate", json={"text": "c"})
+            await asyncio.wait_for(gone, 10)
+            return after, (await c.get("/metrics")).text
+
+    after, metrics = asyncio.run(scenario())
+    assert after.json()["translations"] == ["C"]
+    assert stub.calls == [["a"], ["c"]]  # "b" never
+    m = _metrics(metrics)
+    assert m["mt_sentences_dropped_total"] == 1
+    assert m['mt_requests_total{path="/translate",status="499"}'] == 1
+
+
+def test_a_request_that_timed_out_stops_at_the_next_chunk():
+    stub = _Blocking()
+    app = build_app(stub, ServeOptions(batch_window_ms=0, timeout_s=0.3), None)
+
+    async def scenario():
+        async with _async_client(app) as c:
+            late = await c.post("/translate", json={"text": [HEAVY] * 6, "beam": 8})
+            stub.release.set()  # the chunk in progress ends; the rest is not decoded
+            after = await c.post("/translate", json={"text": "ok"})
+            return late, after, (await c.get("/metrics")).text
+
+    late, after, metrics = asyncio.run(scenario())
+    assert late.status_code == 504 and "serve.timeout_s=0.3" in late.json()["error"]
+    assert after.json()["translations"] == ["OK"]
+    assert [len(call) for call in stub.calls] == [4, 1]  # a chunk of 4 sentences of 6, "ok"
+    assert stub.calls[1] == ["ok"]
+    assert _metrics(metrics)["mt_sentences_dropped_total"] == 2
+
+
+def test_a_light_request_is_answered_between_chunks_of_heavy_ones():
+    stub = _Blocking()
+    stub.release.set()
+    decode = stub.translate
+
+    def translate(lines, where="<input>", first_line=1):
+        found = decode(lines, where, first_line)  # records the call
+        time.sleep(0.1 * len(lines))  # a decoder busy for 0.1 s a sentence
+        return found
+
+    stub.translate = translate
+    app = build_app(stub, ServeOptions(batch_window_ms=0), None)
+    done: list[str] = []
+
+    async def post(c, name, body):
+        answer = await c.post("/translate", json=body)
+        done.append(name)
+        return answer
+
+    async def scenario():
+        async with _async_client(app) as c:
+            heavy = [
+                asyncio.create_task(post(c, f"heavy{i}", {"text": [HEAVY] * 6, "beam": 8}))
+                for i in range(2)
+            ]
+            while not stub.calls:  # the decoder has started on the heavy ones
+                await asyncio.sleep(0.01)
+            light = await post(c, "light", {"text": "a man", "beam": 8})
+            return light, await asyncio.gather(*heavy)
+
+    light, heavy = asyncio.run(scenario())
+    assert light.json()["translations"] == ["A MAN"]
+    assert all(len(h.json()["translations"]) == 6 for h in heavy)
+    assert [len(call) for call in stub.calls] == [4, 4, 4, 1]  # 1,000 words at beam 8: 4 a chunk
+    assert "a man" in stub.calls[1]  # the chunk after the one it arrived during
+    assert done.index("light") < max(done.index("heavy0"), done.index("heavy1")), done
+
+
+def test_a_request_over_the_cost_budget_gets_413_naming_the_limit():
+    stub = _Blocking()
+    stub.release.set()
+    with TestClient(build_app(stub, ServeOptions(), None)) as c:
+        refused = c.post("/translate", json={"text": [HEAVY] * 64, "beam": 8})
+        assert refused.status_code == 413, refused.text[:200]
+        message = refused.json()["error"]
+        assert "serve.max_request_cost is" in message and "raise serve.max_request_cost" in message
+        assert c.post("/translate", json={"text": [HEAVY] * 2, "beam": 8}).status_code == 200
+    assert [len(call) for call in stub.calls] == [2]  # the refused one never reached it
+
+
+def test_idle_slow_and_stalled_connections_are_closed(server):
+    host, port = urllib.parse.urlsplit(server).netloc.split(":")
+    head = b"POST /translate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    idle = socket.create_connection((host, int(port)))  # sends nothing
+    dribbling = socket.create_connection((host, int(port)))  # a header byte every 0.5 s
+    dribbling.sendall(head + b"X-Slow: ")
+    stalled = socket.create_connection((host, int(port)))  # 10 of 100 body bytes, then nothing
+    stalled.sendall(head + b"Content-Length: 100\r\n\r\n" + b'{"text": "')
+    received = {sock: b"" for sock in (idle, dribbling, stalled)}
+    open_ = set(received)
+    deadline = time.monotonic() + 40  # the server's limits are 5 s (head) and 10 s (body)
+    while open_ and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(open_), [], [], 0.5)
+        for sock in readable:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionError:
+                chunk = b""
+            received[sock] += chunk
+            if not chunk:
+                open_.discard(sock)
+        if dribbling in open_:
+            with contextlib.suppress(OSError):
+                dribbling.sendall(b"a")
+    for sock in received:
+        sock.close()
+    assert not open_, f"{len(open_)} of 3 connections still open after 40 s"
+    assert received[idle] == b"" and received[dribbling] == b""
+    assert received[stalled].startswith(b"HTTP/1.1 408"), received[stalled]
+    assert b"serve.read_timeout_s=10" in received[stalled]
+    assert httpx.get(server + "health").status_code == 200
+
+
+def test_an_empty_api_key_is_refused_at_start(overfit_run, monkeypatch):
+    cmd = [sys.executable, "-m", "mt", "serve", f"run_dir={overfit_run[1]}", "port=0"]
+    result = subprocess.run(
+        [*cmd, "device=cpu", "serve.api_key="], capture_output=True, text=True, timeout=60
+    )
+    assert_clean_error(result, "serve.api_key is empty, which would leave the API open")
+    monkeypatch.setenv("MT_SERVE_API_KEY", " ")
+    with pytest.raises(MTError, match=r"\$MT_SERVE_API_KEY is empty"):
+        api_key_of(ServeOptions())
 
 
 # ------------------------------------------------------------------ config and the command
@@ -525,7 +794,40 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(overfit_run, transl
     assert proc.wait(timeout=60) == 0, "".join(seen)
     assert answers and answers[0].status_code == 200
     assert answers[0].json()["translations"] == [translator.translate([src[0]])[0][0][0]]
-    assert any("SIGTERM: stopped after answering" in line for line in seen)
+    assert any("SIGTERM: stopped" in line for line in seen)
+
+
+def test_sigterm_with_heavy_work_in_flight_stops_within_seconds(overfit_run, src):
+    proc, url, seen = _start(overfit_run[1])
+    long = " ".join(src * 20)[:1999]  # a sentence of 1,999 characters
+    answers: list = []
+
+    def post() -> None:
+        try:
+            body = {"text": [long] * 10, "beam": 8}
+            answers.append(httpx.post(url + "translate", json=body, timeout=120))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    clients = [threading.Thread(target=post) for _ in range(30)]  # ~300 x 0.15 s of work
+    for client in clients:
+        client.start()
+    try:
+        while httpx.get(url + "health", timeout=30).json()["queue"] < 20:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.wait(timeout=15) == 0, "".join(seen)  # not ~35 s later
+        stopped_in = time.monotonic() - started
+    finally:
+        proc.kill()
+        for client in clients:
+            client.join(60)
+    statuses = [a.status_code if isinstance(a, httpx.Response) else repr(a) for a in answers]
+    assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+    stopping = [a.json()["error"] for a in answers if a.status_code == 503]
+    assert all("the server is stopping" in e for e in stopping)
+    assert stopped_in < 15 and "Traceback" not in "".join(seen), "".join(seen)
 
 
 def _browser_dom(url: str, profile: Path, budget_ms: int) -> str:

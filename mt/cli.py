@@ -35,7 +35,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     ),
     "eval": ("mt.evaluate", "run_eval", "score translations with sacreBLEU (BLEU, chrF, TER)"),
     "serve": ("mt.serve", "run_serve", "serve a trained run over HTTP (POST /translate)"),
-    "export": ("mt.export", "run_export", "export a run to CTranslate2 or Hugging Face"),
+    "export": ("mt.convert.export", "run_export", "export a run to CTranslate2 or Hugging Face"),
 }
 
 EXIT_USAGE = 2

@@ -10,18 +10,12 @@ from typing import Any
 
 from mt.config import EvalConfig, validate_decode
 from mt.corpus import read_lines
+from mt.decode.engine import make_translator, setup_inference
+from mt.decode.run import as_list, load_run, run_files
 from mt.errors import MTError
 from mt.files import check_destination, refuse_inputs, write_text
 from mt.metrics import Score, bleu, bleu_lc, chrf, paired_bootstrap, ter
-from mt.translate import (
-    as_list,
-    load_run,
-    make_translator,
-    run_files,
-    setup_inference,
-    side_inputs,
-    translate_files,
-)
+from mt.translate import side_inputs, translate_files
 
 log = logging.getLogger("mt.eval")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -239,8 +240,6 @@ class Output:
     def write(self, text: str) -> None:
         """Write text (stdout is flushed at once, so a pipe sees each batch)."""
         if self._f is None:
-            import sys  # stdout is looked up at call time: tests and servers replace it
-
             sys.stdout.write(text)
             sys.stdout.flush()
             return

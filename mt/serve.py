@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mt.config import ServeConfig, ServeOptions, validate_serve
+from mt.decode.engine import make_translator, setup_inference
+from mt.decode.run import load_run
 from mt.errors import MTError
-from mt.translate import load_run, make_translator, setup_inference
 
 if TYPE_CHECKING:  # uvicorn is optional (the serve extra): imported where it is used
     import uvicorn

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mt.config import ServeOptions
+from mt.decode.engine import Translator
 from mt.serve_attention import attention_matrix
 from mt.serve_batch import (
     Batcher,
@@ -37,7 +38,6 @@ from mt.serve_batch import (
     Settings,
     TooCostly,
 )
-from mt.translate import Translator
 
 log = logging.getLogger("mt.serve")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mt.alignment import cross_attention
-from mt.translate import prepare_ids
+from mt.decode.alignment import cross_attention
+from mt.decode.inputs import prepare_ids
 
 EOS_PIECE = "</s>"
 

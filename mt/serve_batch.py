@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mt.translate import Translator, output_caps
+from mt.decode.engine import Translator
+from mt.decode.inputs import output_caps
 
 log = logging.getLogger("mt.serve")
 

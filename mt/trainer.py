@@ -31,12 +31,12 @@ from mt.checkpoint import (
 )
 from mt.config import DecodeConfig, TrainLoopConfig
 from mt.data import Batch, ParallelData, epoch_batches, pack_batches
+from mt.decode.search import Limits, greedy_search
 from mt.errors import FileFault, MTError
 from mt.loss import Seq2SeqLoss
 from mt.metrics import bleu
 from mt.rundir import RunDir
 from mt.runtime import Dist, all_reduce_max, all_reduce_sum, autocast
-from mt.search import Limits, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from mt.tracking import Progress, Tracker
 

@@ -25,7 +25,9 @@ import torch
 from bench_translate import _test2016
 
 from mt.config import DecodeConfig
-from mt.translate import Translator, load_run
+from mt.decode.engine import Translator
+from mt.decode.run import load_run
+from mt.decode.torch_engine import TorchTranslator
 
 CPU = torch.device("cpu")
 PUNCTUATION = string.punctuation + "„“”«»‚‘’"
@@ -65,7 +67,7 @@ def main() -> None:
           f"{torch.backends.cpu.get_cpu_capability()}, beam {args.beam}")  # fmt: skip
     src, ref = _test2016(args.multi30k)
     run = load_run(args.run_dir, None, CPU)
-    translator = Translator(run, DecodeConfig(beam=args.beam, batch_size=64), CPU, "fp32")
+    translator = TorchTranslator(run, DecodeConfig(beam=args.beam, batch_size=64), CPU, "fp32")
     free_s, free = _timed(translator, src)
     terms = [missed_word(h, r) for h, r in zip(free, ref, strict=True)]
     wanted = [[t] if t else [] for t in terms]

@@ -25,12 +25,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mt import search
 from mt.config import model_preset
+from mt.decode import search
 from mt.decode.layout import for_decoding
+from mt.decode.search import Limits, beam_search, greedy_search
 from mt.model import transformer
 from mt.model.projection import OneDNNRows
-from mt.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID
 
 VOCAB = 8000

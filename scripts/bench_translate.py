@@ -58,12 +58,13 @@ import sacrebleu
 import torch
 
 from mt.config import DecodeConfig, ModelConfig, model_preset
+from mt.decode.engine import make_translator
 from mt.decode.layout import for_decoding
+from mt.decode.run import load_run
+from mt.decode.search import Limits, beam_search, greedy_search
 from mt.model import transformer
 from mt.runtime import autocast, pick_precision
-from mt.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from mt.translate import load_run, make_translator
 
 VOCAB = 8000
 CPU = torch.device("cpu")

@@ -129,7 +129,7 @@ def overfit_loaded(overfit_run):
     """`overfit_run`'s model loaded for inference on CPU (its final checkpoint)."""
     import torch
 
-    from mt.translate import load_run
+    from mt.decode.run import load_run
 
     _, run, _ = overfit_run
     return load_run(run, None, torch.device("cpu"))

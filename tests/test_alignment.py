@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mt.alignment import cross_attention, pharaoh
 from mt.config import DecodeConfig
-from mt.search import repeat_bans
-from mt.translate import Translator
+from mt.decode.alignment import cross_attention, pharaoh
+from mt.decode.search import repeat_bans
+from mt.decode.torch_engine import TorchTranslator
 from tests.test_cli import mt
 
 CPU = torch.device("cpu")
@@ -73,7 +73,7 @@ def test_no_repeat_ngram_outputs_have_no_repeated_bigram(overfit_loaded, overfit
     corpus, _, _ = overfit_run
     src = [" ".join(line.split() * 3) for line in _lines(corpus / "train.en")[:12]]
     for beam in (1, 3):
-        translator = Translator(
+        translator = TorchTranslator(
             overfit_loaded, DecodeConfig(beam=beam, no_repeat_ngram=2), CPU, "fp32"
         )
         for hyps in translator.translate(src):
@@ -103,14 +103,14 @@ def copy_run(tmp_path_factory):
 
 
 def test_alignments_of_a_copy_model_are_the_diagonal(copy_run):
-    from mt.translate import load_run
+    from mt.decode.run import load_run
     from tests.conftest import make_pairs
 
     run = load_run(copy_run, None, CPU)
     decode = DecodeConfig(beam=1, alignment=True, alignment_unit="word")
     lines, _ = make_pairs(20, 7)  # unseen sentences
     on_diagonal = links = 0
-    for (text_links, _score), *_ in Translator(run, decode, CPU, "fp32").translate(lines):
+    for (text_links, _score), *_ in TorchTranslator(run, decode, CPU, "fp32").translate(lines):
         pairs = [tuple(map(int, link.split("-"))) for link in text_links.split("\t")[1].split()]
         on_diagonal += sum(i == j for i, j in pairs)
         links += len(pairs)

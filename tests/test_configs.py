@@ -68,7 +68,7 @@ def _validate(stage: str, cfg: object) -> None:
         # with data_dir unset, train prepares `data` first: that config must hold too
         validate_prepare(PrepareConfig(data=cfg.data, clean=cfg.clean, spm=cfg.spm))
     elif stage == "export":
-        from mt.export import FORMATS
+        from mt.convert.export import FORMATS
 
         assert cfg.format in FORMATS
     elif stage == "serve":

@@ -6,12 +6,20 @@ import pytest
 import torch
 
 from mt.config import DecodeConfig
-from mt.constraints import Constraints, ConstraintState, advance, allowed, contains, stripe_order
+from mt.decode.constraints import (
+    Constraints,
+    ConstraintState,
+    advance,
+    allowed,
+    contains,
+    stripe_order,
+)
+from mt.decode.engine import make_translator
+from mt.decode.search import Limits, beam_search
+from mt.decode.torch_engine import TorchTranslator
 from mt.model import transformer
-from mt.search import Limits, beam_search
 from mt.tokenizer import BOS_ID as BOS
 from mt.tokenizer import EOS_ID as EOS
-from mt.translate import Translator, make_translator
 from tests.test_cli import assert_clean_error, mt
 from tests.test_prefix import _lines, _logprob
 from tests.test_search import BOS as S_BOS
@@ -143,7 +151,7 @@ def test_a_cap_too_short_for_the_constraints_ends_the_output_marked_incomplete()
 def test_translated_text_holds_each_line_s_phrases(overfit_loaded, overfit_run):
     corpus, _, _ = overfit_run
     src = _lines(corpus / "train.en")[:8]
-    translator = Translator(overfit_loaded, DecodeConfig(beam=5), CPU, "fp32")
+    translator = TorchTranslator(overfit_loaded, DecodeConfig(beam=5), CPU, "fp32")
     free = [h[0][0] for h in translator.translate(src)]
     # "Zebrafisch" is in no training sentence: SentencePiece encodes it like any text
     wanted = [["Hund"], [], ["rot", "Apfel"], [], ["Straße"], ["Katze"], ["Zebrafisch"], ["blau"]]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mt.config import DecodeConfig
-from mt.translate import Translator
+from mt.decode.torch_engine import TorchTranslator
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "distill.sh"
 STUDENT = [
@@ -48,7 +48,7 @@ def test_student_trains_on_the_teachers_beam_translation(overfit_run, overfit_lo
 
     # train.de is the teacher's beam-2 output, line for line; everything else links the originals
     sources = (corpus / "train.en").read_text(encoding="utf-8").splitlines()
-    translator = Translator(overfit_loaded, DecodeConfig(beam=2), torch.device("cpu"), "fp32")
+    translator = TorchTranslator(overfit_loaded, DecodeConfig(beam=2), torch.device("cpu"), "fp32")
     expected = [hyps[0][0] if hyps else "" for hyps in translator.translate(sources)]
     assert (out / "train.de").read_text(encoding="utf-8").splitlines() == expected
     assert not (out / "train.de.partial").exists()

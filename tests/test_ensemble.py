@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from mt.config import DecodeConfig
+from mt.decode.run import load_run
+from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError
-from mt.translate import Translator, load_run
 from tests.conftest import train_config
 from tests.test_cli import assert_clean_error, mt
 
@@ -39,7 +40,7 @@ def _same(a, b) -> bool:
 
 def _translate(run_dir, checkpoint, lines, **decode):
     loaded = load_run(run_dir, checkpoint, CPU)
-    return Translator(loaded, DecodeConfig(**decode), CPU, "fp32").translate(lines)
+    return TorchTranslator(loaded, DecodeConfig(**decode), CPU, "fp32").translate(lines)
 
 
 @pytest.mark.parametrize("beam", [1, 4])

@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from mt.config import DecodeConfig
+from mt.convert.export import Source, check_representable, export, load_source
+from mt.decode.engine import make_translator
+from mt.decode.run import load_run
+from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError
-from mt.export import Source, check_representable, export, load_source
 from mt.model import transformer
 from mt.rundir import RunDir
 from mt.tokenizer import Tokenizer
-from mt.translate import Translator, load_run, make_translator
 from tests.conftest import make_pairs, prepare_config, train_config, write_corpus
 from tests.test_cli import assert_clean_error, mt
 
@@ -41,7 +43,7 @@ def _decode(**kw) -> DecodeConfig:
 def test_ctranslate2_greedy_is_token_identical(overfit_loaded, inter):
     lines = _inputs()
     decode = _decode(beam=1, batch_size=16, inter_threads=inter)
-    ours = Translator(overfit_loaded, decode, CPU, "fp32").translate(lines)
+    ours = TorchTranslator(overfit_loaded, decode, CPU, "fp32").translate(lines)
     theirs = make_translator(overfit_loaded, decode, CPU, "fp32", "ctranslate2").translate(lines)
     assert [h[0][0] if h else None for h in theirs] == [h[0][0] if h else None for h in ours]
     for a, b in zip(ours, theirs, strict=True):
@@ -55,7 +57,7 @@ def test_ctranslate2_beam4_nbest4_matches(overfit_loaded):
     so n-best tails differ and a few best hypotheses too (240 of 242 lines agree here)."""
     lines = [line for line in _inputs() if line.strip()]
     decode = _decode(beam=4, nbest=4, lenpen=0.0)
-    ours = Translator(overfit_loaded, decode, CPU, "fp32").translate(lines)
+    ours = TorchTranslator(overfit_loaded, decode, CPU, "fp32").translate(lines)
     theirs = make_translator(overfit_loaded, decode, CPU, "fp32", "ctranslate2").translate(lines)
     same_best = sum(a[0][0] == b[0][0] for a, b in zip(ours, theirs, strict=True))
     assert same_best >= 0.95 * len(lines)
@@ -97,7 +99,9 @@ def test_huggingface_generate_is_token_identical(overfit_run, overfit_loaded, tm
     folder = export(load_source(run, None), tmp_path / "hf", "huggingface")
     model, tok = _hf(folder)
     lines = [line for line in _inputs() if line.strip() and len(line) < 200][:64]
-    ours = Translator(overfit_loaded, _decode(beam=beam, lenpen=0.0), CPU, "fp32").translate(lines)
+    ours = TorchTranslator(overfit_loaded, _decode(beam=beam, lenpen=0.0), CPU, "fp32").translate(
+        lines
+    )
     theirs = []
     for line in lines:  # one at a time: mt's length cap depends on the source length
         batch = tok([line], return_tensors="pt")
@@ -223,7 +227,7 @@ def test_rope_and_relative_runs_translate_in_ctranslate2_as_in_mt(positions_run)
     loaded = load_run(positions_run, None, CPU)
     lines = _inputs()
     for decode in (_decode(beam=1), _decode(beam=4, nbest=4, lenpen=0.0)):
-        ours = Translator(loaded, decode, CPU, "fp32").translate(lines)
+        ours = TorchTranslator(loaded, decode, CPU, "fp32").translate(lines)
         theirs = make_translator(loaded, decode, CPU, "fp32", "ctranslate2").translate(lines)
         same = [a[0][0] == b[0][0] for a, b in zip(ours, theirs, strict=True) if a]
         print(f"{positions_run.parent.name} beam {decode.beam}: {sum(same)} of {len(same)}")
@@ -284,7 +288,7 @@ def test_ctranslate2_with_a_checkpoint_outside_the_run_folder(overfit_run, tmp_p
     shutil.copyfile(run / "checkpoints" / "last.pt", outside)
     loaded = load_run(run, str(outside), CPU)
     lines = _inputs()[:20]
-    ours = Translator(loaded, _decode(beam=1), CPU, "fp32").translate(lines)
+    ours = TorchTranslator(loaded, _decode(beam=1), CPU, "fp32").translate(lines)
     theirs = make_translator(loaded, _decode(beam=1), CPU, "fp32", "ctranslate2").translate(lines)
     assert [h[0][0] if h else None for h in theirs] == [h[0][0] if h else None for h in ours]
     assert (run / "ctranslate2" / "chosen" / "model.bin").is_file()

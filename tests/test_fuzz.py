@@ -10,9 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mt.config import DecodeConfig
+from mt.decode.run import load_run
+from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError
 from mt.prepare import run_prepare
-from mt.translate import Translator, load_run, read_buffers
+from mt.translate import read_buffers
 from tests.conftest import make_pairs, prepare_config
 
 SPECIAL = ["\u200f", "\u202e", "\x00", "\r", "\u2028", "\ufeff", "😀", "\x1b[31m", "\t", "\u0301"]
@@ -78,7 +80,7 @@ def test_empty_files_are_a_clear_error(tmp_path):
 def translator(overfit_run):
     _, run, _ = overfit_run
     cpu = torch.device("cpu")
-    return Translator(load_run(run, None, cpu), DecodeConfig(beam=2), cpu, "fp32")
+    return TorchTranslator(load_run(run, None, cpu), DecodeConfig(beam=2), cpu, "fp32")
 
 
 @FUZZ
@@ -96,7 +98,7 @@ def test_translate_long_lines_and_empty_files(overfit_run, tmp_path):
 
     _, run, _ = overfit_run
     cpu = torch.device("cpu")
-    translator = Translator(load_run(run, None, cpu), DecodeConfig(beam=2), cpu, "fp32")
+    translator = TorchTranslator(load_run(run, None, cpu), DecodeConfig(beam=2), cpu, "fp32")
     (tmp_path / "empty.txt").write_bytes(b"")
     assert translate_files(translator, [str(tmp_path / "empty.txt")], str(tmp_path / "e.hyp")) == 0
     assert (tmp_path / "e.hyp").read_bytes() == b""

@@ -8,8 +8,9 @@ import torch
 
 from mt.checkpoint import load_checkpoint
 from mt.config import DecodeConfig
+from mt.decode.run import load_run
+from mt.decode.torch_engine import TorchTranslator
 from mt.train import run_train
-from mt.translate import Translator, load_run
 from tests.conftest import train_config
 
 pytestmark = [
@@ -38,7 +39,9 @@ def test_gpu_decoding_matches_cpu(overfit_run):
     outputs = {}
     for name in ("cpu", "cuda"):
         device = torch.device(name)
-        translator = Translator(load_run(run, None, device), DecodeConfig(beam=4), device, "fp32")
+        translator = TorchTranslator(
+            load_run(run, None, device), DecodeConfig(beam=4), device, "fp32"
+        )
         outputs[name] = [hyps[0][0] for hyps in translator.translate(lines)]
     assert outputs["cuda"] == outputs["cpu"]
 

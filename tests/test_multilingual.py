@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from mt.config import ConfigError, DecodeConfig, validate_prepare
+from mt.decode.run import for_target, load_run
+from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError
 from mt.prepare import run_prepare
 from mt.shards import Shard, shard_paths
 from mt.tokenizer import Tokenizer
-from mt.translate import Translator, for_target, load_run
 from tests.conftest import EN, make_pairs, prepare_config, train_config
 
 FR = "un le homme femme chien chat voit court maison rouge grand petit vert mange pomme marche rue"
@@ -104,7 +105,7 @@ def test_the_tag_picks_the_output_language(multi_run):
     english = _lines(corpus / "train.en")
     for lang in ("de", "fr"):
         decode = DecodeConfig(tgt_lang=lang, max_len_a=3.0)  # small vocabulary: long outputs
-        out = Translator(loaded, decode, torch.device("cpu"), "fp32").translate(english)
+        out = TorchTranslator(loaded, decode, torch.device("cpu"), "fp32").translate(english)
         hits = sum(
             h[0][0] == ref for h, ref in zip(out, _lines(corpus / f"train.{lang}"), strict=True)
         )
@@ -114,7 +115,7 @@ def test_the_tag_picks_the_output_language(multi_run):
 def test_empty_lines_stay_empty_with_a_tag(multi_run):
     _, run = multi_run
     loaded = load_run(run, None, torch.device("cpu"))
-    translator = Translator(loaded, DecodeConfig(tgt_lang="fr"), torch.device("cpu"), "fp32")
+    translator = TorchTranslator(loaded, DecodeConfig(tgt_lang="fr"), torch.device("cpu"), "fp32")
     assert translator.translate(["", "a man"])[0] == []
 
 
@@ -135,7 +136,7 @@ def test_a_bilingual_run_takes_only_its_own_target(overfit_loaded):
 
 
 def test_export_refuses_a_multilingual_run_by_name(multi_run, tmp_path):
-    from mt.export import run_export
+    from mt.convert.export import run_export
     from tests.conftest import compose_config
 
     _, run = multi_run

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from mt.config import DecodeConfig
-from mt.search import Limits, beam_search, greedy_search
+from mt.decode.engine import make_translator
+from mt.decode.search import Limits, beam_search, greedy_search
+from mt.decode.torch_engine import TorchTranslator
 from mt.tokenizer import BOS_ID, EOS_ID
-from mt.translate import Translator, make_translator
 from tests.test_cli import assert_clean_error, mt
 
 CPU = torch.device("cpu")
@@ -60,7 +61,7 @@ def test_outputs_start_with_the_prefix_and_score_it(overfit_loaded, overfit_run,
 def test_a_prefix_of_the_free_output_gives_the_free_output(overfit_loaded, overfit_run):
     corpus, _, _ = overfit_run
     src = _lines(corpus / "train.en")[:16]
-    translator = Translator(overfit_loaded, DecodeConfig(beam=4), CPU, "fp32")
+    translator = TorchTranslator(overfit_loaded, DecodeConfig(beam=4), CPU, "fp32")
     free = [h[0][0] for h in translator.translate(src)]
     prefixes = [" ".join(text.split()[:2]) for text in free]
     steered = [h[0][0] for h in translator.translate(src, prefixes=prefixes)]
@@ -73,7 +74,7 @@ def test_ctranslate2_follows_the_prefix_like_mt(overfit_loaded, overfit_run):
     src = _lines(corpus / "train.en")[:16]
     prefixes = ["Hund", "", "rot rot", "Apfel"] * 4
     decode = DecodeConfig(beam=1)
-    ours = Translator(overfit_loaded, decode, CPU, "fp32").translate(src, prefixes=prefixes)
+    ours = TorchTranslator(overfit_loaded, decode, CPU, "fp32").translate(src, prefixes=prefixes)
     theirs = make_translator(overfit_loaded, decode, CPU, "fp32", "ctranslate2").translate(
         src, prefixes=prefixes
     )

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mt.config import model_preset
-from mt.search import Hypothesis, Limits, beam_search, greedy_search, length_penalty, sample
+from mt.decode.search import Hypothesis, Limits, beam_search, greedy_search, length_penalty, sample
 
 PAD, UNK, BOS, EOS, X, Y = 0, 1, 2, 3, 4, 5
 V = 6
@@ -411,7 +411,7 @@ def test_outputs_never_outrun_the_models_positions() -> None:
 
 
 def test_blockwise_top_k_and_argmax_match_torchs() -> None:
-    from mt import search
+    from mt.decode import search
 
     torch.manual_seed(0)
     x = torch.randn(9, 64 * 160).log_softmax(dim=1)
@@ -433,7 +433,7 @@ def test_blockwise_top_k_and_argmax_match_torchs() -> None:
 
 
 def test_beam_and_greedy_outputs_do_not_depend_on_blockwise_search(monkeypatch) -> None:
-    from mt import search
+    from mt.decode import search
     from mt.model import transformer
 
     torch.manual_seed(0)

@@ -30,10 +30,12 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mt.config import ConfigError, DecodeConfig, ServeOptions, validate_serve  # noqa: E402
+from mt.decode.engine import Translator  # noqa: E402
+from mt.decode.run import load_run  # noqa: E402
+from mt.decode.torch_engine import TorchTranslator  # noqa: E402
 from mt.errors import MTError  # noqa: E402
 from mt.serve import api_key_of  # noqa: E402
 from mt.serve_app import build_app  # noqa: E402
-from mt.translate import Translator, load_run  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 from tests.test_cli import assert_clean_error, mt  # noqa: E402
 
@@ -48,7 +50,7 @@ def translator(overfit_run) -> Translator:
 
     _, run, _ = overfit_run
     cpu = torch.device("cpu")
-    return Translator(load_run(run, None, cpu), DecodeConfig(), cpu, "fp32")
+    return TorchTranslator(load_run(run, None, cpu), DecodeConfig(), cpu, "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,7 @@ def test_the_model_translates_its_training_pairs(client, overfit_run, src):
 def test_nbest_gives_scored_lists_like_the_translator(client, translator, src):
     answer = client.post("/translate", json={"text": src[:3], "beam": 4, "nbest": 3, "lenpen": 0.6})
     assert answer.status_code == 200, answer.text
-    reference = Translator(
+    reference = TorchTranslator(
         translator.run, DecodeConfig(beam=4, nbest=3, lenpen=0.6), *_dev(translator)
     )
     for got, want in zip(answer.json()["translations"], reference.translate(src[:3]), strict=True):
@@ -196,7 +198,7 @@ def test_openapi_docs_and_page(client):
 
 
 def test_attention_rows_are_distributions_over_the_source_pieces(client, translator, src):
-    from mt.alignment import cross_attention
+    from mt.decode.alignment import cross_attention
 
     answer = client.post("/attention", json={"text": src[2]})
     assert answer.status_code == 200, answer.text
@@ -224,7 +226,7 @@ def test_attention_of_an_ensemble_is_its_first_members(overfit_run, translator, 
     cpu = torch.device("cpu")
     checkpoint = str(translator.run.checkpoint)
     pair = load_run(overfit_run[1], [checkpoint, checkpoint], cpu)
-    ensemble = Translator(pair, DecodeConfig(), cpu, "fp32")
+    ensemble = TorchTranslator(pair, DecodeConfig(), cpu, "fp32")
     with TestClient(build_app(ensemble, ServeOptions(batch_window_ms=0), None)) as c:
         got = c.post("/attention", json={"text": src[4]})
     with TestClient(build_app(translator, ServeOptions(batch_window_ms=0), None)) as c:
@@ -863,12 +865,12 @@ def test_engine_ctranslate2_serves_the_same_greedy_translations(overfit_run, src
     pytest.importorskip("ctranslate2")
     import torch
 
-    from mt.translate import make_translator
+    from mt.decode.engine import make_translator
 
     _, run, _ = overfit_run
     cpu = torch.device("cpu")
     loaded = load_run(run, None, cpu)
-    ours = Translator(loaded, DecodeConfig(beam=1), cpu, "fp32").translate(src[:8])
+    ours = TorchTranslator(loaded, DecodeConfig(beam=1), cpu, "fp32").translate(src[:8])
     ct2 = make_translator(loaded, DecodeConfig(beam=1), cpu, "fp32", "ctranslate2")
     with TestClient(build_app(ct2, ServeOptions(batch_window_ms=1), None)) as c:
         got = c.post("/translate", json={"text": src[:8]})

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from mt.config import ConfigError, DecodeConfig, model_preset, validate_decode
-from mt.constraints import Constraints
+from mt.decode.constraints import Constraints
 from mt.decode.layout import quantize_int8
+from mt.decode.run import load_run
+from mt.decode.search import Limits, beam_search, greedy_search
+from mt.decode.shortlist import TABLE, ShortlistTable, build_table, load_shortlist
+from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError
 from mt.model import transformer
-from mt.search import Limits, beam_search, greedy_search
-from mt.shortlist import TABLE, ShortlistTable, build_table, load_shortlist
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
-from mt.translate import Translator, load_run
 from tests.test_cli import assert_clean_error, mt
 
 CPU = torch.device("cpu")
@@ -196,7 +197,7 @@ def run_copy(overfit_run, tmp_path_factory):
 
 def _translate(run_dir, lines, **decode):
     loaded = load_run(run_dir, None, CPU)
-    return Translator(loaded, DecodeConfig(**decode), CPU, "fp32").translate(lines)
+    return TorchTranslator(loaded, DecodeConfig(**decode), CPU, "fp32").translate(lines)
 
 
 @pytest.mark.parametrize("beam", [1, 4])
@@ -213,7 +214,9 @@ def test_a_shortlist_as_large_as_the_vocabulary_translates_exactly_as_without(
 
 def test_the_translator_shortlist_holds_eos_prefix_and_constraint_ids(run_copy):
     loaded = load_run(run_copy, None, CPU)
-    translator = Translator(loaded, DecodeConfig(shortlist=1, shortlist_per_source=0), CPU, "fp32")
+    translator = TorchTranslator(
+        loaded, DecodeConfig(shortlist=1, shortlist_per_source=0), CPU, "fp32"
+    )
     src = torch.tensor([[40, 41, EOS_ID]])
     cand = translator._candidates(src, [[100, 101]], [[[102], [103, 104]]]).tolist()
     assert {BOS_ID, EOS_ID, UNK_ID, 100, 101, 102, 103, 104} <= set(cand)
@@ -249,12 +252,12 @@ def test_sampling_with_a_shortlist_is_one_sentence(run_copy):
 
 
 def test_an_ensemble_and_ctranslate2_refuse_a_shortlist(run_copy):
-    from mt.translate import make_translator
+    from mt.decode.engine import make_translator
 
     final = str(run_copy / "checkpoints" / "final.pt")
     decode = DecodeConfig(shortlist=20)
     with pytest.raises(MTError, match=r"^decode.shortlist decodes one checkpoint"):
-        Translator(load_run(run_copy, [final, final], CPU), decode, CPU, "fp32")
+        TorchTranslator(load_run(run_copy, [final, final], CPU), decode, CPU, "fp32")
     with pytest.raises(MTError, match=r"^decode.shortlist needs engine=torch"):
         make_translator(load_run(run_copy, None, CPU), decode, CPU, "fp32", "ctranslate2")
 

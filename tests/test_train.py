@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mt.checkpoint import load_checkpoint
+from mt.decode.search import Limits, greedy_search
 from mt.model import transformer
-from mt.search import Limits, greedy_search
 from mt.shards import Shard
 from mt.tokenizer import BOS_ID, EOS_ID
 from mt.train import run_train

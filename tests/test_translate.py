@@ -6,8 +6,11 @@ import subprocess
 import pytest
 
 from mt.config import DecodeConfig
+from mt.decode.inputs import one_line, prepare_ids
+from mt.decode.run import load_run
+from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError
-from mt.translate import Translator, load_run, one_line, prepare_ids, read_buffers
+from mt.translate import read_buffers
 from tests.test_cli import MT, assert_clean_error, mt
 
 
@@ -20,7 +23,7 @@ def translator(overfit_run):
     import torch
 
     _, run, _ = overfit_run
-    return Translator(
+    return TorchTranslator(
         load_run(run, None, torch.device("cpu")), DecodeConfig(), torch.device("cpu"), "fp32"
     )
 
@@ -60,7 +63,7 @@ def test_batches_decoded_at_once_give_the_outputs_of_one_at_a_time(overfit_run, 
         )
         # fp32 steps take DecoderLayer.step; bf16 ones DecoderLayer.forward, where the
         # alignment hook sits
-        translator = Translator(run, decode, torch.device("cpu"), precision)
+        translator = TorchTranslator(run, decode, torch.device("cpu"), precision)
         outputs.append(translator.translate([s for s, _ in pairs]))
         assert torch.get_num_threads() == threads  # restored after the batches
     assert outputs[1] == outputs[0]
@@ -228,7 +231,7 @@ def test_int8_translates_like_fp32_and_leaves_the_loaded_model_alone(overfit_run
     corpus, run_dir, _ = overfit_run
     src, tgt = _lines(corpus / "train.en"), _lines(corpus / "train.de")
     run = load_run(run_dir, None, torch.device("cpu"))
-    int8 = Translator(run, DecodeConfig(), torch.device("cpu"), "int8")
+    int8 = TorchTranslator(run, DecodeConfig(), torch.device("cpu"), "int8")
     kinds = {type(m).__module__ for m in int8.run.model.modules()}
     assert any("quantized" in kind for kind in kinds)  # its linear layers are int8 ones
     assert not any("quantized" in type(m).__module__ for m in run.model.modules())

@@ -109,8 +109,8 @@ def test_int8_quantizes_the_tied_output_projection_of_a_copy() -> None:
 
 def test_fp32_cpu_decoding_packs_the_output_projection_of_a_copy_sharing_weights() -> None:
     from mt.config import model_preset
+    from mt.decode.search import Limits, beam_search, greedy_search
     from mt.model import transformer
-    from mt.search import Limits, beam_search, greedy_search
 
     torch.manual_seed(0)
     model = transformer(src_vocab_size=40, tgt_vocab_size=40, **vars(model_preset("tiny"))).eval()

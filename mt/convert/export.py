@@ -36,8 +36,10 @@ import torch
 from torch import Tensor, nn
 
 from mt import __version__
+from mt.checkpoint import load_checkpoint
 from mt.config import ExportConfig, ModelConfig
 from mt.corpus import file_sha256
+from mt.decode.run import load_run
 from mt.errors import MTError
 from mt.files import fault, is_write_fault
 from mt.model.attention import SelfAttention
@@ -112,9 +114,6 @@ class Source:
 
 def load_source(run_dir: str | Path, checkpoint: str | None) -> Source:
     """Load the run's checkpoint (as `mt translate` picks it) for export."""
-    from mt.checkpoint import load_checkpoint
-    from mt.translate import load_run
-
     loaded = load_run(Path(run_dir), checkpoint, torch.device("cpu"))
     ckpt = load_checkpoint(loaded.checkpoint)
     return Source(

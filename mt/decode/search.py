@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mt import constraints as lex
-from mt.constraints import Constraints, ConstraintState
+from mt.decode.constraints import Constraints, ConstraintState
 
 _NEG_INF = float("-inf")
 

@@ -30,10 +30,13 @@ from typing import Any
 import torch
 
 from mt.config import DecodeConfig
+from mt.convert.export import EXPORT_INFO, export, load_source, missing_extra
 from mt.corpus import file_sha256
+from mt.decode.ensemble import Ensemble
+from mt.decode.inputs import one_line, output_caps, prefix_ids, prepare_ids
+from mt.decode.run import LoadedRun, for_target
+from mt.decode.search import length_penalty
 from mt.errors import MTError
-from mt.search import length_penalty
-from mt.translate import LoadedRun, for_target, one_line, output_caps, prefix_ids, prepare_ids
 
 log = logging.getLogger("mt.translate")
 
@@ -43,8 +46,6 @@ COMPUTE_TYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8
 
 def cached_export(run: LoadedRun) -> Path:
     """RUN_DIR/ctranslate2/<checkpoint stem>, exported now unless it matches the checkpoint."""
-    from mt.export import EXPORT_INFO, export, load_source
-
     root = run.run_dir if run.run_dir is not None else run.checkpoint.parent.parent
     folder = root / "ctranslate2" / run.checkpoint.stem
     info = folder / EXPORT_INFO
@@ -64,12 +65,8 @@ class CT2Translator:
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
         try:
             import ctranslate2
-        except ImportError:
-            from mt.export import missing_extra
-
+        except ImportError:  # an optional extra: mt[export]
             raise missing_extra("ctranslate2", "engine=ctranslate2") from None
-        from mt.ensemble import Ensemble
-
         if isinstance(run.model, Ensemble):
             raise MTError(
                 "engine=ctranslate2 decodes one checkpoint; use engine=torch for an ensemble."

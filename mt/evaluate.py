@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mt.config import EvalConfig, validate_decode
+from mt.config import EvalConfig, validate_eval
 from mt.corpus import read_lines
 from mt.decode.engine import make_translator, setup_inference
 from mt.decode.run import as_list, load_run, run_files
@@ -43,7 +43,6 @@ def _translate_src(cfg: EvalConfig) -> str:
     """Translate cfg.src with cfg.run_dir; returns the path of the saved translations."""
     if not cfg.src:
         raise MTError("mt eval run_dir=... needs src=FILE, the source side of the test set.")
-    validate_decode(cfg.decode)
     output = cfg.output or str(Path(cfg.run_dir) / f"{Path(cfg.src).name}.hyp")
     refuse_inputs(output, [cfg.src, *as_list(cfg.ref), *side_inputs(cfg.decode)])
     device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)
@@ -62,6 +61,7 @@ def _score_table(name: str, scores: list[Score]) -> str:
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Score one or more hypothesis files against the references; returns the JSON report."""
+    validate_eval(cfg)
     refs_paths = as_list(cfg.ref)
     if not refs_paths:
         raise MTError("mt eval needs ref=FILE (one or more reference files).")

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from mt.config import DecodeConfig, TranslateConfig, validate_decode
+from mt.config import DecodeConfig, TranslateConfig, validate_translate
 from mt.decode.engine import Translator, make_translator, setup_inference
 from mt.decode.run import as_list, load_run, run_files
 from mt.errors import FileFault, MTError
@@ -23,7 +23,7 @@ from mt.files import Output, refuse_inputs
 log = logging.getLogger("mt.translate")
 
 
-MAX_LINE_BYTES = 1_000_000
+MAX_LINE_BYTES = DecodeConfig.max_line_bytes  # the one default: the config field
 
 
 def read_buffers(
@@ -105,7 +105,7 @@ def translate_files(
     constraint_lines = _SideLines("decode.constraints", d.constraints)
     out = Output(output)
     try:
-        for name, first, lines in read_buffers(inputs, d.buffer_lines):
+        for name, first, lines in read_buffers(inputs, d.buffer_lines, d.max_line_bytes):
             prefixes = prefix_lines.take(len(lines))
             if input_format == "tsv":
                 pairs = [line.split("\t", 1) for line in lines]
@@ -161,7 +161,7 @@ def side_inputs(decode: DecodeConfig) -> list[str]:
 
 def run_translate(cfg: TranslateConfig) -> int:
     """Translate cfg.input into cfg.output; returns the number of input lines."""
-    validate_decode(cfg.decode)
+    validate_translate(cfg)
     inputs = as_list(cfg.input)
     refuse_inputs(cfg.output, [*inputs, *side_inputs(cfg.decode)])
     device, precision = setup_inference(cfg.device, cfg.precision, cfg.threads)

@@ -15,7 +15,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mt.search import Limits, length_penalty
 
 from mt.cli import main
 from mt.config import (
@@ -40,6 +39,7 @@ from mt.config import (
     validate_train,
     validate_translate,
 )
+from mt.decode.search import Limits, length_penalty
 from tests.test_cli import assert_clean_error, mt
 
 Build = Callable[[str, Any], None]

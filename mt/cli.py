@@ -34,7 +34,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "translate text files or stdin with beam search",
     ),
     "eval": ("mt.evaluate", "run_eval", "score translations with sacreBLEU (BLEU, chrF, TER)"),
-    "serve": ("mt.serve", "run_serve", "serve a trained run over HTTP (POST /translate)"),
+    "serve": ("mt.serve.stage", "run_serve", "serve a trained run over HTTP (POST /translate)"),
     "export": ("mt.convert.export", "run_export", "export a run to CTranslate2 or Hugging Face"),
 }
 

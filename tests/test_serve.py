@@ -34,8 +34,8 @@ from mt.decode.engine import Translator  # noqa: E402
 from mt.decode.run import load_run  # noqa: E402
 from mt.decode.torch_engine import TorchTranslator  # noqa: E402
 from mt.errors import MTError  # noqa: E402
-from mt.serve import api_key_of  # noqa: E402
-from mt.serve_app import build_app  # noqa: E402
+from mt.serve.app import build_app  # noqa: E402
+from mt.serve.stage import api_key_of  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 from tests.test_cli import assert_clean_error, mt  # noqa: E402
 

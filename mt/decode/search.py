@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from mt import constraints as lex
+from mt.decode import constraints as lex
 from mt.decode.constraints import Constraints, ConstraintState
 
 _NEG_INF = float("-inf")

@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mt.config import ServeOptions
 from mt.decode.engine import Translator
-from mt.serve_attention import attention_matrix
-from mt.serve_batch import (
+from mt.serve.attention import attention_matrix
+from mt.serve.batch import (
     Batcher,
     DecodeFailed,
     Metrics,
@@ -41,7 +41,7 @@ from mt.serve_batch import (
 
 log = logging.getLogger("mt.serve")
 
-PAGE = "serve_page.html"
+PAGE = "page.html"
 ROUTES = ("/", "/translate", "/attention", "/health", "/metrics", "/docs", "/openapi.json")
 STOPPING = "the server is stopping; send the request again shortly."
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
@@ -157,7 +157,7 @@ def _add_routes(
     authorized: Callable[[Request], None],
 ) -> None:  # fmt: skip
     started = time.monotonic()
-    page = importlib.resources.files("mt").joinpath(PAGE).read_text(encoding="utf-8")
+    page = importlib.resources.files("mt.serve").joinpath(PAGE).read_text(encoding="utf-8")
 
     @app.post("/translate", dependencies=[Depends(authorized)])
     async def translate(req: TranslateRequest) -> TranslateResponse:

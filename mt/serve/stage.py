@@ -1,7 +1,7 @@
 """run_serve: a trained run behind an HTTP API (FastAPI on uvicorn), until SIGTERM or Ctrl-C.
 
 Loads the run once, binds host:port (127.0.0.1 unless told otherwise), logs the URL, and
-serves the app of mt.serve_app. A connection that sends no complete request head in time is
+serves the app of mt.serve.app. A connection that sends no complete request head in time is
 closed. SIGTERM gives the requests in flight a few seconds, answers the rest with 503, and
 exits 0 once the decoder has finished its chunk.
 """
@@ -40,7 +40,7 @@ def run_serve(cfg: ServeConfig) -> None:
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
         raise MTError(f"mt serve needs {' and '.join(missing)}: pip install 'mt[serve]'.")
-    from mt.serve_app import build_app
+    from mt.serve.app import build_app  # fastapi is an optional extra (mt[serve])
 
     if not Path(cfg.run_dir).is_dir():
         raise MTError(f"run_dir {cfg.run_dir} is not a folder.")
@@ -82,7 +82,7 @@ def make_server(
     app: Any, idle_timeout_s: float = ServeOptions.idle_timeout_s,
     shutdown_s: float = ServeOptions.shutdown_s,
 ) -> uvicorn.Server:  # fmt: skip
-    """A uvicorn.Server of `app` (from mt.serve_app.build_app) whose connections are closed
+    """A uvicorn.Server of `app` (from mt.serve.app.build_app) whose connections are closed
     when no complete request head arrives within idle_timeout_s (see `_head_deadline`)."""
     import uvicorn
 

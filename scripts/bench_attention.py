@@ -3,6 +3,7 @@
     python scripts/bench_attention.py [--lengths 512,2048,8192,16384] [--windows 0,128]
                                       [--d-model 256] [--layers 1] [--repeats 2]
                                       [--timeout 75] [--device cpu] [--positions relative]
+    python scripts/bench_attention.py --smoke      # seconds: S 128, d_model 32
 
 One sequence (batch 1) of S random tokens through a `small`-width encoder (d_model 256, 4 heads,
 FFN 1024; one layer by default) with `model.attn_window` W (0 = full attention; W > 0 and
@@ -10,7 +11,8 @@ S > 3W takes the blocked path, memory ~ S * W). Each (S, W) runs in a fresh subp
 CPU peak is that process's peak RSS (`ru_maxrss`, which torch's allocations do reach, unlike
 tracemalloc) above its RSS before the first forward; on CUDA it is
 `torch.cuda.max_memory_allocated`. A config that fails (out of memory) or runs past --timeout
-seconds is reported "skipped (reason)". Prints a table; the last line is JSON.
+seconds is reported "skipped (reason)". Prints a table; the last line is JSON. --smoke runs
+S 128 with windows 0 and 16 on a d_model 32 encoder, one timed run each.
 
 On CPU, SDPA's flash kernel never holds the S x S scores, so full attention's memory stays
 linear too and the window saves time; `--positions relative` (explicit scores, as SDPA's math
@@ -27,6 +29,9 @@ import sys
 import time
 
 import torch
+
+# run as `python scripts/bench_attention.py`: its folder is on sys.path
+from benchlib import last_json_line, print_json, run_child
 
 from mt.model import transformer
 from mt.model.packing import Packing
@@ -80,14 +85,14 @@ def run_config(length: int, window: int, args: argparse.Namespace) -> dict:
     argv += ["--layers", str(args.layers), "--repeats", str(args.repeats)]
     argv += ["--positions", args.positions]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout)
+        done = run_child(argv, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {"skipped": f"over the {args.timeout:.0f} s timeout"}
     if done.returncode != 0:
         lines = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()
         reason = "killed (out of memory?)" if done.returncode < 0 else lines[-1][:80]
         return {"skipped": reason}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return last_json_line(done.stdout)
 
 
 def _cell(result: dict) -> str:
@@ -110,7 +115,11 @@ def main() -> None:
         "--positions", default="sinusoidal", choices=["sinusoidal", "rope", "relative"]
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.lengths, args.windows, args.d_model, args.heads = "128", "0,16", 32, 2
+        args.layers, args.repeats = 1, 1
     if args.child:  # one measurement, printed as JSON for the parent
         length, window = (int(x) for x in args.child.split(","))
         print(json.dumps(measure(length, window, args)))
@@ -131,7 +140,7 @@ def main() -> None:
         row = {names[w]: run_config(length, w, args) for w in windows}
         print(f"{length:>6} | " + " | ".join(f"{_cell(r):<26}" for r in row.values()), flush=True)
         results[str(length)] = row
-    print(json.dumps(results))
+    print_json(results)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,31 @@
 """What lexical constraints cost and give on Multi30k test2016, with a trained run.
 
     python scripts/bench_constraints.py --run-dir runs/multi30k_en_de [--beam 5]
+    python scripts/bench_constraints.py --smoke     # seconds on CPU: a tiny model, 24 lines
 
 Translates test2016 without constraints, then constrains each line to one reference word the
 unconstrained output missed (the longest such word; lines that missed none stay free), as in
 the terminology evaluations of Post & Vilar (2018). Prints sentences/s (median of 3 passes,
 batches of 64), sacreBLEU, and the share of constraints met in the output text; the last line
-is one JSON object. The constraints file is written next to the outputs (--out).
+is one JSON object. The constraints file is written next to the outputs (--out). --smoke trains
+a `tiny` model for a few steps on a synthetic corpus (unless --run-dir is given) and makes one
+pass, to check that the benchmark runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import string
-import time
+import tempfile
 from pathlib import Path
 
 import sacrebleu
 import torch
 
 # run as `python scripts/bench_constraints.py`: its folder is on sys.path
-from bench_translate import _test2016
+from benchlib import multi30k_dir, print_json, read_test2016, smoke_run, timed_translate
 
 from mt.config import DecodeConfig
-from mt.decode.engine import Translator
 from mt.decode.run import load_run
 from mt.decode.torch_engine import TorchTranslator
 
@@ -44,36 +44,38 @@ def missed_word(hyp: str, ref: str) -> str:
     return max(missing, key=len, default="")
 
 
-def _timed(translator: Translator, src: list[str], **kwargs) -> tuple[float, list[str]]:
-    """Median of 3 passes after a warm-up batch; returns seconds and the best outputs."""
-    translator.translate(src[:64], **{k: v[:64] for k, v in kwargs.items()})
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        hyps = [h[0][0] if h else "" for h in translator.translate(src, **kwargs)]
-        times.append(time.perf_counter() - start)
-    return sorted(times)[1], hyps
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--run-dir", type=Path)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("/tmp/mt-bench-constraints"))
-    default_corpus = os.environ.get("MT_MULTI30K", "../shared/data/multi30k")
-    parser.add_argument("--multi30k", type=Path, default=Path(default_corpus))
+    parser.add_argument("--multi30k", type=Path, default=multi30k_dir())
+    parser.add_argument("--smoke", action="store_true", help="a tiny run, one pass: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench_constraints_") as tmp:
+            if args.run_dir is None:
+                args.run_dir, args.multi30k = smoke_run(Path(tmp))
+            args.out = Path(tmp) / "out"
+            bench(args, passes=1)
+    elif args.run_dir is None:
+        parser.error("--run-dir is required (or --smoke)")
+    else:
+        bench(args, passes=3)
+
+
+def bench(args: argparse.Namespace, passes: int) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{torch.backends.cpu.get_cpu_capability()}, beam {args.beam}")  # fmt: skip
-    src, ref = _test2016(args.multi30k)
+    src, ref = read_test2016(args.multi30k)
     run = load_run(args.run_dir, None, CPU)
     translator = TorchTranslator(run, DecodeConfig(beam=args.beam, batch_size=64), CPU, "fp32")
-    free_s, free = _timed(translator, src)
+    free_s, free = timed_translate(translator, src, passes)
     terms = [missed_word(h, r) for h, r in zip(free, ref, strict=True)]
     wanted = [[t] if t else [] for t in terms]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "test2016.terms.de").write_text("\n".join(terms) + "\n", encoding="utf-8")
-    steered_s, steered = _timed(translator, src, constraints=wanted)
+    steered_s, steered = timed_translate(translator, src, passes, constraints=wanted)
     n_terms = sum(1 for t in terms if t)
     met = sum(1 for t, h in zip(terms, steered, strict=True) if t and t in h)
     as_word = sum(1 for t, h in zip(terms, steered, strict=True) if t and t in _words(h))
@@ -96,7 +98,7 @@ def main() -> None:
           f"output: {met} ({100 * met / max(n_terms, 1):.1f}%), {as_word} as a whole word; "
           f"unconstrained lines unchanged: "
           f"{same_free}/{len(src) - n_terms}; time ratio {steered_s / free_s:.2f}x")  # fmt: skip
-    print(json.dumps(results))
+    print_json(results)
 
 
 if __name__ == "__main__":

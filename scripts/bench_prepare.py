@@ -2,6 +2,7 @@
 
     python scripts/bench_prepare.py [--pairs 1000000] [--multi30k ../shared/data/multi30k]
     python scripts/bench_prepare.py --pairs 5000000 --corpus /tmp/syn5m --no-multi30k
+    python scripts/bench_prepare.py --smoke        # seconds: 2,000 synthetic pairs, 1k pieces
 
 Prints pairs/s for the three phases (reading and cleaning, one streaming pass; SentencePiece
 training; encoding) and the peak resident memory of each prepare run (in its own process),
@@ -9,13 +10,13 @@ then one JSON line with every figure. Each run uses force=true so nothing is reu
 `--corpus` keeps the generated corpus in that folder and reuses it when it is already there
 (5,000,000 pairs take about 1.2 GB and two minutes to generate).
 `--input-sentence-size` overrides spm.input_sentence_size, to measure SentencePiece's memory.
+`--smoke` checks that it runs: 2,000 synthetic pairs only, a vocabulary of 1,000 pieces.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import multiprocessing
 import os
 import random
@@ -23,6 +24,9 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+
+# run as `python scripts/bench_prepare.py`: its folder is on sys.path
+from benchlib import multi30k_dir, print_json
 
 from mt.config import CleanConfig, DataConfig, PrepareConfig, SpmConfig
 from mt.prepare import run_prepare
@@ -116,12 +120,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--corpus", help="folder to generate the synthetic corpus in, or reuse")
     parser.add_argument("--input-sentence-size", type=int, default=SpmConfig.input_sentence_size)
-    parser.add_argument(
-        "--multi30k", default=os.environ.get("MT_MULTI30K", "../shared/data/multi30k")
-    )
+    parser.add_argument("--multi30k", default=str(multi30k_dir()))
     parser.add_argument("--no-multi30k", action="store_true", help="only the synthetic corpus")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     args = parser.parse_args()
     spm = SpmConfig(input_sentence_size=args.input_sentence_size)
+    if args.smoke:
+        args.pairs, args.no_multi30k = 2000, True
+        spm = SpmConfig(input_sentence_size=args.input_sentence_size, vocab_size=1000)
     print(f"cores: {os.cpu_count()}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +144,7 @@ def main() -> None:
         corpus = _synthetic(Path(args.corpus) if args.corpus else tmp_path / "syn", args.pairs)
         data = DataConfig(name="syn", path=str(corpus))
         rows.append(time_prepare("synthetic", data, spm, tmp_path / "syn-bin"))
-    print(json.dumps({"results": rows}))
+    print_json({"results": rows})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python scripts/bench_serve.py [--run-dir runs/multi30k_en_de] [--requests 2000]
                                   [--clients 1,8,32] [--beam 1] [--device cpu] [--threads N]
                                   [--multi30k DIR] [--heavy 16] [--faults-only] [KEY=VALUE ...]
+    python scripts/bench_serve.py --smoke          # seconds: a tiny run, the load test only
 
 Starts `python -m mt serve run_dir=RUN port=0 ...` on 127.0.0.1 twice: batched
 (serve.batch_window_ms=5, serve.max_batch_sentences=64) and unbatched
@@ -25,28 +26,33 @@ mid-body (all closed; the stalled one gets 408), a request over serve.max_reques
 server must exit 0 within 10 s). `crashes` counts 500s and connection errors of requests
 that deserved an answer, tracebacks in the server's log and a bad exit; it must be 0. Extra
 KEY=VALUE arguments go to both servers (e.g. precision=int8). The clients share the machine
-with the server: on few cores they take CPU from it. The last line is JSON.
+with the server: on few cores they take CPU from it. The last line is JSON. --smoke checks that
+the load test runs: without --run-dir, a `tiny` model trained for a few steps on a synthetic
+corpus; 16 requests per C of 1 and 2, and no fault run (its slow-connection part alone waits
+for the server's timeouts).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import http.client
 import json
-import os
 import queue
 import re
 import select
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+# run as `python scripts/bench_serve.py`: its folder is on sys.path
+from benchlib import multi30k_dir, print_json, read_test2016, smoke_run
 
 MODES = {
     "batched": ["serve.batch_window_ms=5", "serve.max_batch_sentences=64"],
@@ -519,29 +525,38 @@ def load_test(args: argparse.Namespace, sentences: list[str], counts: list[int])
 
 
 def test2016_sources(corpus: Path) -> list[str]:
-    with gzip.open(corpus / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as f:
-        return [line for line in f.read().splitlines() if line.strip()]
+    return [line for line in read_test2016(corpus)[0] if line.strip()]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/multi30k_en_de"))
+    parser.add_argument("--run-dir", type=Path, help="default: runs/multi30k_en_de")
     parser.add_argument("--requests", type=int, default=2000, help="requests per C and mode")
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
     parser.add_argument("--beam", type=int, default=1, help="decode.beam of the servers")
     parser.add_argument("--device", default="cpu", help="device= of the servers")
     parser.add_argument("--threads", type=int, help="threads= of the servers (default: mt's)")
-    parser.add_argument(
-        "--multi30k", type=Path,
-        default=Path(os.environ.get("MT_MULTI30K", "../shared/data/multi30k")),
-    )  # fmt: skip
+    parser.add_argument("--multi30k", type=Path, default=multi30k_dir())
     parser.add_argument(
         "--heavy", type=int, default=16,
         help="sentences of 2,000 characters (beam 8) per heavy request of the fault run",
     )  # fmt: skip
     parser.add_argument("--faults-only", action="store_true", help="skip the load test")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, no fault run")
     parser.add_argument("overrides", nargs="*", help="more KEY=VALUE for mt serve")
     args = parser.parse_args()
+    if not args.smoke:
+        args.run_dir = args.run_dir or Path("runs/multi30k_en_de")
+        bench(args)
+        return
+    args.requests, args.clients = 16, "1,2"
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+        if args.run_dir is None:
+            args.run_dir, args.multi30k = smoke_run(Path(tmp))
+        bench(args)
+
+
+def bench(args: argparse.Namespace) -> None:
     sentences = test2016_sources(args.multi30k)
     sentences = [sentences[i % len(sentences)] for i in range(max(args.requests, 200))]
     counts = [int(c) for c in args.clients.split(",")]
@@ -550,10 +565,11 @@ def main() -> None:
     results: dict = {}
     if not args.faults_only:
         results.update(load_test(args, sentences, counts))
-    fault = faults(args, sentences)
-    print("faults: " + ", ".join(f"{k} {v}" for k, v in fault.items()), flush=True)
-    results.update({f"fault_{k}": v for k, v in fault.items()})
-    print(json.dumps(results))
+    if not args.smoke:
+        fault = faults(args, sentences)
+        print("faults: " + ", ".join(f"{k} {v}" for k, v in fault.items()), flush=True)
+        results.update({f"fault_{k}": v for k, v in fault.items()})
+    print_json(results)
 
 
 if __name__ == "__main__":

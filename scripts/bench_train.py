@@ -2,26 +2,29 @@
 
     python scripts/bench_train.py [--presets small,base] [--precisions fp32,bf16] [--seconds 25]
     python scripts/bench_train.py --device cuda --presets base,big     # on a GPU box
+    python scripts/bench_train.py --smoke          # seconds: `tiny`, fp32, a synthetic corpus
 
 Batches come from Multi30k (MT_MULTI30K, default ../shared/data/multi30k, joint 8k
 SentencePiece, at most 4,096 padded tokens per batch); without it, from a synthetic corpus.
 Both systems train on the same batches with label-smoothed cross-entropy, AdamW and gradient
 clipping, in alternating rounds so machine drift hits both alike. Prints target tokens/s, the
 ratio ours / Hugging Face, and the share of the measured matmul peak each achieves; the last
-line is one JSON object with every figure.
+line is one JSON object with every figure. --smoke checks that it runs: the `tiny` preset in
+fp32 for a second per system, 4 batches of a 2,000-pair synthetic corpus (1,000 pieces).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+# run as `python scripts/bench_train.py`: its folder is on sys.path
+from benchlib import multi30k_dir, print_json
 
 from mt.config import (
     DataConfig,
@@ -42,17 +45,20 @@ from mt.tracking import Tracker
 from mt.trainer import Trainer
 
 
-def load_batches(folder: Path, n: int) -> tuple[list[Batch], int]:
-    """Prepare Multi30k (or a synthetic corpus) and take `n` training batches of <= 4,096 tokens."""
-    corpus = Path(os.environ.get("MT_MULTI30K", "../shared/data/multi30k"))
-    if corpus.is_dir():
+def load_batches(
+    folder: Path, n: int, pairs: int = 30_000, vocab: int = 8000, synthetic: bool = False
+) -> tuple[list[Batch], int]:
+    """Prepare Multi30k (or, without it or with `synthetic`, a synthetic corpus of `pairs`) with
+    a `vocab`-piece SentencePiece and take `n` training batches of <= 4,096 tokens."""
+    corpus = multi30k_dir()
+    if corpus.is_dir() and not synthetic:
         data = DataConfig(name="multi30k", path=str(corpus), format="text", valid="val", test=None)
     else:
         from bench_prepare import synthetic_corpus
 
-        data = DataConfig(name="syn", path=str(synthetic_corpus(folder / "syn", 30_000)), test=None)
+        data = DataConfig(name="syn", path=str(synthetic_corpus(folder / "syn", pairs)), test=None)
     manifest = run_prepare(
-        PrepareConfig(data=data, spm=SpmConfig(vocab_size=8000), out_dir=str(folder / "data"))
+        PrepareConfig(data=data, spm=SpmConfig(vocab_size=vocab), out_dir=str(folder / "data"))
     )
     train = ParallelData(folder / "data", "train", 1024)
     ids = epoch_batches(train, 4096, seed=1, epoch=0)[:n]
@@ -210,7 +216,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=24.0, help="per system, small preset")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     args = parser.parse_args()
+    peak_s = 3.0
+    if args.smoke:
+        args.presets, args.precisions, args.seconds, peak_s = "tiny", "fp32", 1.0, 0.2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -227,10 +237,13 @@ def main() -> None:
         print("bf16: this CPU has no native bf16 matmul (no AVX512-BF16/AMX); bf16 skipped")
         precisions.remove("bf16")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peaks = {p: measure_peak(dtypes[p], device) for p in precisions}
+    peaks = {p: measure_peak(dtypes[p], device, peak_s) for p in precisions}
     print("matmul peak: " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     with tempfile.TemporaryDirectory() as tmp:
-        batches, vocab = load_batches(Path(tmp), 40)
+        if args.smoke:
+            batches, vocab = load_batches(Path(tmp), 4, pairs=2000, vocab=1000, synthetic=True)
+        else:
+            batches, vocab = load_batches(Path(tmp), 40)
     src_tokens = sum(int((~b.src_pad_mask).sum()) for b in batches)
     tgt_tokens = sum(b.n_tgt_tokens for b in batches)
     results: dict = {
@@ -259,7 +272,7 @@ def main() -> None:
             }  # fmt: skip
             if preset == "small":
                 results[f"ratio_{precision}"] = round(ratio, 3)
-    print(json.dumps(results))
+    print_json(results)
 
 
 if __name__ == "__main__":

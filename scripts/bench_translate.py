@@ -5,6 +5,7 @@
                                       [--precision auto] [--run-dir runs/multi30k_en_de]
                                       [--test-precisions fp32,int8,bf16] [--engines]
                                       [--shortlist K] [--profile] [--rounds 3] [--repeats 3]
+    python scripts/bench_translate.py --smoke      # seconds on CPU: that it runs, not speeds
 
 All models get random weights, the same batches of 64 source sentences of equal length, and
 the same forced output length: end-of-sentence is suppressed (CTranslate2:
@@ -22,7 +23,10 @@ With --run-dir and --shortlist K, each mt system runs again
 with decode.shortlist=K, on the line after its full-vocabulary one: speed (and the speed-up),
 BLEU, the share of lines identical to the full-vocabulary output, and the mean shortlist size.
 --profile adds torch.profiler's view of mt's search: aten ops per decoder step and the ops that
-take the time. The last line is JSON.
+take the time. The last line is JSON. --smoke checks that all of this runs, in seconds: the
+`tiny` preset, one batch of length 4, one round, one turn, one thread layout, and (without
+--run-dir) a `tiny` model trained for a few steps on a synthetic corpus as the run, timed in
+one pass with --shortlist 8.
 
 Each system is timed in a process of its own (this script again, with --system): in one
 process, the peers' thread pools and allocations slow whichever engine runs next (mt's greedy
@@ -43,11 +47,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import gzip
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +57,17 @@ from pathlib import Path
 
 import sacrebleu
 import torch
+
+# run as `python scripts/bench_translate.py`: its folder is on sys.path
+from benchlib import (
+    last_json_line,
+    multi30k_dir,
+    print_json,
+    read_test2016,
+    run_child,
+    smoke_run,
+    timed_translate,
+)
 
 from mt.config import DecodeConfig, ModelConfig, model_preset
 from mt.decode.engine import make_translator
@@ -230,10 +242,12 @@ def _child(args, *flags: str) -> dict:
             "--precision", args.precision, "--shortlist", str(args.shortlist), *flags]  # fmt: skip
     if args.run_dir:
         argv += ["--run-dir", str(args.run_dir), "--multi30k", str(args.multi30k)]
-    done = subprocess.run(argv, capture_output=True, text=True)
+    if args.smoke:
+        argv.append("--smoke")
+    done = run_child(argv)
     if done.returncode != 0:
         sys.exit(f"bench_translate: {' '.join(flags)} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return last_json_line(done.stdout)
 
 
 def synthetic_speed(args, precision: str) -> dict:
@@ -327,29 +341,14 @@ def profile_steps(args, precision: str) -> dict:
     return out
 
 
-def _test2016(corpus: Path) -> tuple[list[str], list[str]]:
-    sides = []
-    for lang in ("en", "de"):
-        with gzip.open(corpus / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
-            sides.append(f.read().splitlines())
-    return sides[0], sides[1]
-
-
-def _time_translator(translator, src: list[str]) -> tuple[float, list[str]]:
-    """Median of 3 passes over src after a warm-up batch; returns seconds and the outputs."""
-    translator.translate(src[:64])  # warm-up: first-call allocations and kernel choices
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        hyps = [h[0][0] if h else "" for h in translator.translate(src)]
-        times.append(time.perf_counter() - start)
-    return sorted(times)[1], hyps
-
-
-def time_test_system(run_dir: Path, corpus: Path, engine: str, precision: str, shortlist: int):
-    """test2016 through one (engine, precision): per search, seconds and outputs; with
-    `shortlist` K > 0 (engine torch), also with decode.shortlist=K and its mean size."""
-    src, _ = _test2016(corpus)
+def time_test_system(
+    run_dir: Path, corpus: Path, engine: str, precision: str, shortlist: int, passes: int = 3
+):
+    """test2016 through one (engine, precision): per search, seconds (median of `passes`) and
+    outputs; with `shortlist` K > 0 (engine torch), also with decode.shortlist=K and its mean
+    size."""
+    src, _ = read_test2016(corpus)
+    _time_translator = functools.partial(timed_translate, passes=passes)
     run = load_run(run_dir, None, CPU)
     out = {"checkpoint": run.checkpoint.name, "vocab": run.tgt_tok.vocab_size}
     for beam in (5, 1):
@@ -374,7 +373,7 @@ def test_set_speed(args, systems: list[tuple[str, str]]) -> dict:
     in its own process, and score it; lines identical to the first system's output with the
     same search are counted. With --shortlist K > 0, each engine=torch system runs again with
     decode.shortlist=K, and its lines are compared with that system's full-vocabulary output."""
-    _, ref = _test2016(args.multi30k)
+    _, ref = read_test2016(args.multi30k)
     shortlist = args.shortlist
     runs = {
         (engine, precision): _child(args, "--test-system", f"{engine}:{precision}")
@@ -444,11 +443,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2, help="batches of 64 sentences")
     parser.add_argument("--length", type=int, default=24, help="source and output length")
     parser.add_argument("--run-dir", type=Path, help="a trained run to time on test2016")
-    parser.add_argument(
-        "--multi30k",
-        type=Path,
-        default=Path(os.environ.get("MT_MULTI30K", "../shared/data/multi30k")),
-    )
+    parser.add_argument("--multi30k", type=Path, default=multi30k_dir())
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument(
         "--test-precisions",
@@ -479,7 +474,11 @@ def main() -> None:
     parser.add_argument("--test-system", help=argparse.SUPPRESS)  # engine:precision
     parser.add_argument("--ct2-dir", type=Path, help=argparse.SUPPRESS)  # the converted peer
     parser.add_argument("--convert-ct2", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, one pass of everything: checks that it runs")  # fmt: skip
     args = parser.parse_args()
+    if args.smoke:  # the parent's and every child's sizes
+        args.preset, args.batches, args.length, args.rounds = "tiny", 1, 4, 1
     precision = pick_precision(args.precision, CPU)
     if args.convert_ct2:  # a child: the CTranslate2 peer into --ct2-dir
         build_ct2(model_preset(args.preset), args.ct2_dir, "float32")
@@ -490,9 +489,25 @@ def main() -> None:
         return
     if args.test_system:
         engine, test_precision = args.test_system.split(":")
-        res = time_test_system(args.run_dir, args.multi30k, engine, test_precision, args.shortlist)
+        passes = 1 if args.smoke else 3
+        res = time_test_system(
+            args.run_dir, args.multi30k, engine, test_precision, args.shortlist, passes
+        )
         print(json.dumps(res))
         return
+    if args.smoke:
+        args.repeats, args.inter_threads = 1, [1]
+        with tempfile.TemporaryDirectory(prefix="bench_translate_") as tmp:
+            if args.run_dir is None:  # a tiny trained run, timed with a shortlist too
+                args.run_dir, args.multi30k = smoke_run(Path(tmp))
+                args.shortlist = args.shortlist or 8
+            bench(args, precision)
+        return
+    bench(args, precision)
+
+
+def bench(args: argparse.Namespace, precision: str) -> None:
+    """The parent: every system in turn, in processes of their own; prints the JSON line."""
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, "
         f"{precision} (both systems); each system in its own process"
@@ -506,7 +521,7 @@ def main() -> None:
         if args.engines:
             systems += [("ctranslate2", "fp32"), ("ctranslate2", "int8")]
         results.update(test_set_speed(args, systems))
-    print(json.dumps(results))
+    print_json(results)
 
 
 if __name__ == "__main__":

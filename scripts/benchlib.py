@@ -1,0 +1,115 @@
+"""Helpers shared by the benchmark scripts in this folder (`import benchlib`).
+
+A script run as `python scripts/<name>.py` has this folder on sys.path, so it imports this
+module by name. Here: where Multi30k lies, reading its test2016, timing a translator (median of
+passes), a child process's JSON line, the final JSON line, and, for `--smoke` runs, a tiny
+Multi30k-shaped synthetic corpus and a tiny model trained on it for a few steps.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+MULTI30K_DEFAULT = "../shared/data/multi30k"
+
+
+def multi30k_dir() -> Path:
+    """The Multi30k folder: $MT_MULTI30K, else ../shared/data/multi30k."""
+    return Path(os.environ.get("MT_MULTI30K", MULTI30K_DEFAULT))
+
+
+def read_test2016(corpus: Path) -> tuple[list[str], list[str]]:
+    """Multi30k test2016 (test_2016_flickr.{en,de}.gz in `corpus`): sources and references."""
+    sides = []
+    for lang in ("en", "de"):
+        with gzip.open(corpus / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
+            sides.append(f.read().splitlines())
+    return sides[0], sides[1]
+
+
+def timed_translate(translator, src: list[str], passes: int = 3, **kwargs) -> tuple[float, list]:
+    """Median seconds of `passes` passes over src (after a warm-up batch of 64) and the best
+    output of every line; `kwargs` (e.g. constraints, one per line) go to `translate`."""
+    translator.translate(src[:64], **{k: v[:64] for k, v in kwargs.items()})  # warm-up
+    times = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        hyps = [h[0][0] if h else "" for h in translator.translate(src, **kwargs)]
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), hyps
+
+
+def last_json_line(stdout: str) -> dict:
+    """The JSON object on the last line of a benchmark's (or its child's) output."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_child(argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a child process (usually this script again with a child flag), capturing text."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def print_json(results: dict) -> None:
+    """The final line of every benchmark: one JSON object."""
+    print(json.dumps(results), flush=True)
+
+
+# --smoke: a tiny corpus and a tiny trained run, so every script runs in seconds on CPU.
+
+_EN = "a the man woman dog cat sees runs house red big small green eats apple walks".split()
+_DE = "ein der Mann Frau Hund Katze sieht läuft Haus rot groß klein grün isst Apfel geht".split()
+
+
+def smoke_corpus(folder: Path, train: int = 400, valid: int = 20, test: int = 24) -> Path:
+    """A Multi30k-shaped synthetic corpus in `folder` (train/val/test_2016_flickr .en/.de.gz,
+    the German side a word-by-word image of the English); returns `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (split, n) in enumerate((("train", train), ("val", valid),
+                                       ("test_2016_flickr", test))):  # fmt: skip
+        rng = random.Random(seed)
+        en, de = [], []
+        for _ in range(n):
+            idx = [rng.randrange(len(_EN)) for _ in range(rng.randint(3, 9))]
+            en.append(" ".join(_EN[i] for i in idx))
+            de.append(" ".join(_DE[i] for i in idx))
+        for lang, lines in (("en", en), ("de", de)):
+            with gzip.open(folder / f"{split}.{lang}.gz", "wt", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+    return folder
+
+
+def smoke_run(folder: Path, steps: int = 20) -> tuple[Path, Path]:
+    """A `tiny` model trained for `steps` steps on `smoke_corpus` under `folder`, on CPU;
+    returns (run folder, corpus folder)."""
+    from mt.config import (
+        DataConfig,
+        PrepareConfig,
+        SpmConfig,
+        TrainConfig,
+        TrainLoopConfig,
+        model_preset,
+    )
+    from mt.prepare import run_prepare
+    from mt.train import run_train
+
+    corpus = smoke_corpus(folder / "multi30k")
+    data = DataConfig(name="smoke", path=str(corpus), format="text", valid="val", test=None)
+    spm = SpmConfig(vocab_size=320)
+    run_prepare(PrepareConfig(data=data, spm=spm, out_dir=str(folder / "data")))
+    loop = TrainLoopConfig(
+        device="cpu", precision="fp32", max_tokens=512, max_steps=steps, warmup_steps=5,
+        lr=3e-3, log_every=10, valid_every=0, threads=1,
+    )  # fmt: skip
+    cfg = TrainConfig(
+        data_dir=str(folder / "data"), run_dir=str(folder / "run"), data=data, spm=spm,
+        model=model_preset("tiny"), train=loop,
+    )  # fmt: skip
+    run_train(cfg)
+    return folder / "run", corpus

@@ -115,6 +115,11 @@ def check_destination(path: Path, key: str = "output") -> None:
     """Refuse a destination that is a folder, or whose folder is a file, before any work."""
     if path.is_dir():
         raise MTError(f"{key} {path} is a folder; name a file to write.")
+    check_parents(path, key)
+
+
+def check_parents(path: Path, key: str) -> None:
+    """Refuse a path that runs through a file (`out.txt/x`), before any work."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -28,7 +28,7 @@ from mt.clean import CleanReport, SplitCleaner
 from mt.config import DataConfig, PrepareConfig, direction_pair, validate_prepare
 from mt.corpus import CorpusReader, InputFile, Pairs, iter_lines, local_files, open_hub, open_local
 from mt.errors import MTError
-from mt.files import fault
+from mt.files import check_parents, fault
 from mt.manifest import FORMAT, Manifest, Vocab, read_manifest
 from mt.shards import SIDES, flatten, token_dtype, write_shard
 from mt.tokenizer import Tokenizer, language_tag, train_sentencepiece
@@ -303,6 +303,7 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
     """
     validate_prepare(cfg)
     out = Path(cfg.out_dir)
+    check_parents(out, "out_dir")
     old = _check_out_dir(out)
     dirs = directions(cfg.data)
     hub = bool(cfg.data.hub_id)

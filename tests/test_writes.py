@@ -198,6 +198,8 @@ def test_folders_and_paths_through_files_are_sentences(tiny_run, tmp_path):
     assert_clean_error(result, "not a folder")
     result = mt("export", f"run_dir={tiny_run}", f"out_dir={src}", "format=huggingface")
     assert_clean_error(result, "is a file")
+    result = mt("export", f"run_dir={tiny_run}", f"out_dir={src}/x", "format=huggingface")
+    assert_clean_error(result, "is a file, not a folder")
 
 
 def test_a_deleted_shard_is_a_sentence(prepared_dir, tmp_path):

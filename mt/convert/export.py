@@ -41,7 +41,7 @@ from mt.config import ExportConfig, ModelConfig
 from mt.corpus import file_sha256
 from mt.decode.run import load_run
 from mt.errors import MTError
-from mt.files import fault, is_write_fault
+from mt.files import check_parents, fault, is_write_fault
 from mt.model.attention import SelfAttention
 from mt.model.layers import DecoderLayer, EncoderLayer
 from mt.model.positions import ROPE_BASE
@@ -560,6 +560,7 @@ def run_export(cfg: ExportConfig) -> Path:
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
         raise MTError(f"out_dir {out} is a file; name a folder (new, or an earlier export).")
+    check_parents(out, "out_dir")
     if out.exists() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file():
         raise MTError(f"out_dir {out} holds files that are not an mt export; choose another.")
     if out.exists() and not cfg.force and any(out.iterdir()):

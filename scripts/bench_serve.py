@@ -259,37 +259,14 @@ def big_body(address: tuple[str, int], size: int) -> int:
 
 def bad_and_good(address: tuple[str, int], sentences: list[str], n: int, clients: int) -> dict:
     """n malformed-JSON requests interleaved with n good ones from `clients` threads."""
-    jobs: queue.Queue[int] = queue.Queue()
-    for i in range(2 * n):
-        jobs.put(i)
-    statuses: list[tuple[bool, int]] = []  # (good, status)
-    lock = threading.Lock()
-
-    def client() -> None:
-        conn = connect(address)
-        while True:
-            try:
-                i = jobs.get_nowait()
-            except queue.Empty:
-                conn.close()
-                return
-            good = i % 2 == 1
-            body = translate_body(sentences[i]) if good else b'{"text": "a man' + str(i).encode()
-            try:
-                status = request(conn, "POST", "/translate", body)[0]
-            except (OSError, http.client.HTTPException):
-                status, conn = -1, connect(address)
-            with lock:
-                statuses.append((good, status))
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    bodies = [
+        translate_body(sentences[i]) if i % 2 == 1 else b'{"text": "a man' + str(i).encode()
+        for i in range(2 * n)
+    ]
+    statuses = concurrently(address, bodies, clients)
     return {
-        "good_sent": n, "good_200": sum(g and s == 200 for g, s in statuses),
-        "bad_sent": n, "bad_400": sum(not g and s == 400 for g, s in statuses),
+        "good_sent": n, "good_200": sum(s == 200 for s in statuses[1::2]),
+        "bad_sent": n, "bad_400": sum(s == 400 for s in statuses[0::2]),
     }  # fmt: skip
 
 

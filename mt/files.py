@@ -97,7 +97,8 @@ def describe_os_error(exc: OSError) -> str:
     return f"cannot use {paths or 'a file'}: {reason(exc)}."
 
 
-def _unchanged(path: Path) -> str:
+def unchanged(path: Path) -> str:
+    """What still holds of `path` after a failed write: it is as it was, or it never existed."""
     return f"{path} is unchanged" if path.exists() else f"{path} was not created"
 
 
@@ -164,7 +165,7 @@ def _open_temp(path: Path, binary: bool) -> tuple[Path, IO[Any]]:
             return tmp, open(tmp, "wb")
         return tmp, open(tmp, "w", encoding="utf-8", newline="\n")
     except OSError as exc:
-        raise fault(exc, path, _unchanged(path)) from None
+        raise fault(exc, path, unchanged(path)) from None
 
 
 def _publish(tmp: Path, f: IO[Any], path: Path) -> None:
@@ -199,7 +200,7 @@ def write_bytes_with(path: Path, write: Callable[[IO[bytes]], None], holds: str 
         except (OSError, RuntimeError) as exc:
             if not is_write_fault(exc):
                 raise
-            raise fault(exc, path, holds or _unchanged(path)) from None
+            raise fault(exc, path, holds or unchanged(path)) from None
     finally:
         f.close()
         tmp.unlink(missing_ok=True)
@@ -216,7 +217,7 @@ def publish_file(staged: Path, path: Path) -> None:
         os.replace(staged, path)
     except OSError as exc:
         staged.unlink(missing_ok=True)
-        raise fault(exc, path, _unchanged(path)) from None
+        raise fault(exc, path, unchanged(path)) from None
 
 
 class Output:
@@ -299,17 +300,17 @@ class Output:
         self._f = None
         if self.lines == 0:
             self._tmp.unlink(missing_ok=True)
-            return _unchanged(self.path)
+            return unchanged(self.path)
         partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         try:
             os.truncate(self._tmp, self._size)  # a line cut mid-way is not kept
             os.replace(self._tmp, partial)
         except OSError:
             self._tmp.unlink(missing_ok=True)
-            return _unchanged(self.path)
+            return unchanged(self.path)
         return (
             f"the output of the first {self.lines} input lines is in {partial}; "
-            f"{_unchanged(self.path)}"
+            f"{unchanged(self.path)}"
         )
 
     def _fault(self, exc: OSError) -> FileFault:

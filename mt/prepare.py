@@ -28,7 +28,7 @@ from mt.clean import CleanReport, SplitCleaner
 from mt.config import DataConfig, PrepareConfig, direction_pair, validate_prepare
 from mt.corpus import CorpusReader, InputFile, Pairs, iter_lines, local_files, open_hub, open_local
 from mt.errors import MTError
-from mt.files import check_parents, fault
+from mt.files import check_parents, fault, unchanged
 from mt.manifest import FORMAT, Manifest, Vocab, read_manifest
 from mt.shards import SIDES, flatten, token_dtype, write_shard
 from mt.tokenizer import Tokenizer, language_tag, train_sentencepiece
@@ -321,8 +321,7 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
     try:
         manifest, reports = _build(cfg, corpora, dirs, out, old, build, start, threads)
     except OSError as exc:  # full, read-only, no permission: out_dir is left as it was
-        holds = f"{out} is unchanged" if out.exists() else f"{out} was not created"
-        raise fault(exc, out, holds) from None
+        raise fault(exc, out, unchanged(out)) from None
     _print_report(reports, out, manifest)
     return manifest
 

@@ -41,7 +41,7 @@ from mt.config import ExportConfig, ModelConfig
 from mt.corpus import file_sha256
 from mt.decode.run import load_run
 from mt.errors import MTError
-from mt.files import check_parents, fault, is_write_fault
+from mt.files import check_parents, fault, is_write_fault, unchanged
 from mt.model.attention import SelfAttention
 from mt.model.layers import DecoderLayer, EncoderLayer
 from mt.model.positions import ROPE_BASE
@@ -532,8 +532,7 @@ def export(source: Source, out_dir: Path, fmt: str, quantization: str = "none") 
     except (OSError, RuntimeError) as exc:
         if not is_write_fault(exc):
             raise
-        holds = f"{out_dir} is unchanged" if out_dir.exists() else f"{out_dir} was not created"
-        raise fault(exc, out_dir, holds) from None
+        raise fault(exc, out_dir, unchanged(out_dir)) from None
     return out_dir
 
 

@@ -1,7 +1,7 @@
 """Training batches: the binarized pairs of a split, token-budget length buckets, collation.
 
 A batch holds at most `max_tokens` padded tokens on its longer side. Each epoch draws a fresh
-order from (seed, epoch): sentences are shuffled, stably sorted by length, packed into
+order from (seed, epoch): sentences are shuffled, stably sorted by length, cut into
 batches, and the batches shuffled; under DDP each rank takes every world_size-th batch. The
 order is a pure function of (seed, epoch), so a resumed run finds its place by batch index.
 """
@@ -88,7 +88,7 @@ class ParallelData:
         )
 
 
-def pack_batches(
+def batches_by_tokens(
     order: np.ndarray, lens: np.ndarray, max_tokens: int, max_sentences: int | None = None
 ) -> list[np.ndarray]:
     """Cut `order` (already length-sorted) into runs whose padded size fits `max_tokens`.
@@ -97,7 +97,7 @@ def pack_batches(
     and translation batches (`mt.translate`) all come from it.
 
     Args:
-        order: sentence indices in the order to pack, [N].
+        order: sentence indices in batch order, [N].
         lens: padded length of each sentence, [N total] (training: its longer side;
             translation: its source).
         max_tokens: budget of B x max length per batch; a longer sentence gets a batch alone.
@@ -127,7 +127,7 @@ def epoch_batches(
     shuffled = rng.permutation(len(data))
     # stable sort by (target, source) length: equal lengths keep their shuffled order
     order = shuffled[np.lexsort((data.src_lens[shuffled], data.tgt_lens[shuffled]))]
-    batches = pack_batches(order, lens, max_tokens)
+    batches = batches_by_tokens(order, lens, max_tokens)
     batches = [batches[i] for i in rng.permutation(len(batches))]
     usable = len(batches) - len(batches) % world  # every rank takes the same number of steps
     return batches[rank:usable:world]
@@ -136,4 +136,4 @@ def epoch_batches(
 def eval_batches(data: ParallelData, max_tokens: int) -> list[np.ndarray]:
     """Deterministic length-sorted batches covering every sentence once (validation, test)."""
     lens = np.maximum(data.src_lens, data.tgt_lens)
-    return pack_batches(np.argsort(data.src_lens, kind="stable"), lens, max_tokens)
+    return batches_by_tokens(np.argsort(data.src_lens, kind="stable"), lens, max_tokens)

@@ -30,7 +30,7 @@ from mt.checkpoint import (
     save_checkpoint,
 )
 from mt.config import DecodeConfig, TrainLoopConfig
-from mt.data import Batch, ParallelData, epoch_batches, pack_batches
+from mt.data import Batch, ParallelData, epoch_batches, batches_by_tokens
 from mt.decode.search import Limits, greedy_search
 from mt.errors import FileFault, MTError
 from mt.loss import Seq2SeqLoss
@@ -521,7 +521,7 @@ def eval_batch_ids(data: ParallelData) -> list[np.ndarray]:
     decode = DecodeConfig()
     lens = np.maximum(data.src_lens, data.tgt_lens)  # teacher forcing pads both sides
     order = np.argsort(data.src_lens, kind="stable")
-    return pack_batches(order, lens, decode.max_tokens, max_sentences=decode.batch_size)
+    return batches_by_tokens(order, lens, decode.max_tokens, max_sentences=decode.batch_size)
 
 
 @torch.no_grad()  # not inference_mode: see mt.search

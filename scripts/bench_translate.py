@@ -92,8 +92,8 @@ class NoEos(torch.nn.Module):
     def encode(self, src, src_pad_mask):
         return self.model.encode(src, src_pad_mask)
 
-    def init_state(self, memory, src_pad_mask, max_len, rows_per_source=1):
-        return self.model.init_state(memory, src_pad_mask, max_len, rows_per_source)
+    def init_state(self, memory, src_pad_mask, max_len, rows_per_source=1, vocab=None):
+        return self.model.init_state(memory, src_pad_mask, max_len, rows_per_source, vocab)
 
     def decode_step(self, tokens, state):
         logits = self.model.decode_step(tokens, state)

@@ -1,12 +1,12 @@
 import numpy as np
 
-from mt.data import ParallelData, epoch_batches, eval_batches, pack_batches
+from mt.data import ParallelData, epoch_batches, eval_batches, batches_by_tokens
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
-def test_pack_batches_respects_the_padded_budget():
+def test_batches_by_tokens_respects_the_padded_budget():
     lens = np.array([3, 3, 4, 5, 9, 20])
-    batches = pack_batches(np.arange(6), lens, max_tokens=12)
+    batches = batches_by_tokens(np.arange(6), lens, max_tokens=12)
     assert [b.tolist() for b in batches] == [[0, 1, 2], [3], [4], [5]]
     for b in batches[:-1]:
         assert lens[b].max() * len(b) <= 12

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mt.config import DecodeConfig
+from mt.decode.ensemble import Ensemble
 from mt.decode.run import load_run
 from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError
@@ -78,3 +79,17 @@ def test_a_vocabulary_mismatch_is_one_sentence(overfit_run, prepared_dir, tmp_pa
     result = mt("translate", f"run_dir={run}", f"input={tmp_path / 'in.en'}", "output=-",
                 f"checkpoint={pair}")  # fmt: skip
     assert_clean_error(result, "another vocabulary", "an ensemble needs one vocabulary")
+
+
+def test_an_ensemble_refuses_a_shortlist_at_the_decoder_protocol(overfit_run):
+    """The shortlist is a typed argument of ``init_state``: a decoder that cannot score one
+    says so instead of silently scoring the whole vocabulary."""
+    _, run, _ = overfit_run
+    model = load_run(run, str(run / "checkpoints" / "final.pt"), CPU).model
+    ensemble = Ensemble([model, model], [1.0, 1.0])
+    src = torch.tensor([[5, 6, 2]])
+    pad = src == 0
+    memory = ensemble.encode(src, pad)
+    assert ensemble.init_state(memory, pad, 4, rows_per_source=2) is not None
+    with pytest.raises(ValueError, match="no shortlist"):
+        ensemble.init_state(memory, pad, 4, vocab=torch.tensor([0, 1, 2, 5]))

@@ -59,9 +59,14 @@ class FakeDecoder:
         return torch.arange(src.size(0)).unsqueeze(1)  # "memory" [B, 1]: the sentence index
 
     def init_state(
-        self, memory: Tensor, src_pad_mask: Tensor, max_len: int, rows_per_source: int = 1
+        self,
+        memory: Tensor,
+        src_pad_mask: Tensor,
+        max_len: int,
+        rows_per_source: int = 1,
+        vocab: Tensor | None = None,
     ) -> FakeState:
-        assert memory.size(0) == src_pad_mask.size(0)
+        assert memory.size(0) == src_pad_mask.size(0) and vocab is None
         rows = memory[:, 0].repeat_interleave(rows_per_source)  # sentence index of each row
         self.states.append(FakeState(rows.clone(), max_len))
         self.states[-1].rows_per_source = rows_per_source

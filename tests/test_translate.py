@@ -182,11 +182,11 @@ def test_vocabulary_mismatch_is_a_clear_error(overfit_run, tmp_path, prepared_di
 def test_translation_batches_respect_both_limits():
     import numpy as np
 
-    from mt.data import pack_batches
+    from mt.data import batches_by_tokens
 
     lengths = np.array([5, 1, 9, 3, 3, 7])
     order = np.argsort(lengths, kind="stable")
-    batches = pack_batches(order, lengths, max_tokens=12, max_sentences=2)
+    batches = batches_by_tokens(order, lengths, max_tokens=12, max_sentences=2)
     assert sorted(np.concatenate(batches).tolist()) == list(range(6))
     for b in batches:
         assert len(b) <= 2 and (len(b) == 1 or lengths[b].max() * len(b) <= 12)

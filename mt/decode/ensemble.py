@@ -47,8 +47,16 @@ class Ensemble(nn.Module):
         return [m.encode(src, src_pad_mask) for m in self.members]
 
     def init_state(
-        self, memory: list[Tensor], src_pad_mask: Tensor, max_len: int, rows_per_source: int = 1
+        self,
+        memory: list[Tensor],
+        src_pad_mask: Tensor,
+        max_len: int,
+        rows_per_source: int = 1,
+        vocab: Tensor | None = None,
     ) -> EnsembleState:
+        """One state per member; an ensemble scores the whole vocabulary (no shortlist)."""
+        if vocab is not None:
+            raise ValueError("an ensemble scores the whole vocabulary; it takes no shortlist.")
         members = zip(self.members, memory, strict=True)
         return EnsembleState(
             [m.init_state(mem, src_pad_mask, max_len, rows_per_source) for m, mem in members]

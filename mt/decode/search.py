@@ -42,14 +42,20 @@ class IncrementalDecoder(Protocol):
         """src [B, S] -> memory [B, ...] (batch first)."""
 
     def init_state(
-        self, memory: Tensor, src_pad_mask: Tensor, max_len: int, rows_per_source: int = 1
+        self,
+        memory: Tensor,
+        src_pad_mask: Tensor,
+        max_len: int,
+        rows_per_source: int = 1,
+        vocab: Tensor | None = None,
     ) -> IncrementalState:
         """Decoder state for B sources x ``rows_per_source`` (K) rows, up to ``max_len`` steps.
 
         ``decode_step`` takes and returns the rows in the state's order: for each source,
-        its K rows (search views [N, ...] as [B, K, ...]). Only a shortlisted search also
-        passes ``vocab=`` (candidate ids [C]): ``decode_step`` then takes and returns positions
-        in ``vocab`` (tokens [N] in [0, C), logits [N, C]), as ``mt.model.Seq2Seq`` does.
+        its K rows (search views [N, ...] as [B, K, ...]). With a shortlist ``vocab``
+        (candidate ids [C]) ``decode_step`` takes and returns positions in ``vocab`` (tokens
+        [N] in [0, C), logits [N, C]), as ``mt.model.Seq2Seq`` does; a decoder that cannot
+        score a shortlist raises ValueError when given one.
         """
 
     def decode_step(self, tokens: Tensor, state: Any) -> Tensor:
@@ -107,10 +113,15 @@ class _Stepper:
     """
 
     def __init__(
-        self, model: IncrementalDecoder, state: IncrementalState, eos_id: int, expand: int = 1
+        self,
+        model: IncrementalDecoder,
+        state: IncrementalState,
+        eos_id: int,
+        rows_per_source: int = 1,
     ) -> None:
         self.model, self.state, self.eos_id = model, state, eos_id
-        self.expand = expand  # > 1: the state has one row per source until the first step
+        # rows per source the search wants; until the first step the state holds one per source
+        self.pending_rows = rows_per_source
         self._bufs: tuple[Tensor, Tensor] | None = None
 
     def __call__(
@@ -128,7 +139,7 @@ class _Stepper:
         ``banned`` (rows [M], tokens [M]) are set to -inf first (repeated n-grams). The result
         is overwritten by the next call.
         """
-        logits = self._first_step(tokens) if self.expand > 1 else None
+        logits = self._first_step(tokens) if self.pending_rows > 1 else None
         if logits is None:
             logits = self.model.decode_step(tokens, self.state)  # [N, V]
         n = logits.size(0)
@@ -160,7 +171,7 @@ class _Stepper:
         """Beam search's first step, on tokens [B * K] that are all bos: the K rows of a source
         would all compute the same, so one row per source runs, and the state and the logits
         [B, V] are then repeated to K rows (``reorder`` with K slots of slot 0)."""
-        k, self.expand = self.expand, 1
+        k, self.pending_rows = self.pending_rows, 1
         logits = self.model.decode_step(tokens[::k], self.state)  # [B, V]
         sources = torch.arange(logits.size(0), device=tokens.device)
         self.state.reorder(sources, torch.zeros_like(sources).unsqueeze(1).expand(-1, k))
@@ -262,9 +273,8 @@ def _start(
     check_prefix(prefix, max_lens)
     n_steps = int(max_lens.max()) + 1  # the last step can only emit eos
     memory = model.encode(src, src_pad_mask)
-    extra = {} if vocab is None else {"vocab": vocab}  # plain models need not know the keyword
-    state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=1, **extra)
-    return _Stepper(model, state, limits.eos_id, expand=beam), max_lens, n_steps
+    state = model.init_state(memory, src_pad_mask, n_steps, rows_per_source=1, vocab=vocab)
+    return _Stepper(model, state, limits.eos_id, rows_per_source=beam), max_lens, n_steps
 
 
 # --- output shortlist ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mt.config import DecodeConfig
-from mt.data import pack_batches
+from mt.data import batches_by_tokens
 from mt.decode.alignment import check_layer, cross_attention, pharaoh, save_picture
 from mt.decode.constraints import Constraints
 from mt.decode.ensemble import Ensemble
@@ -51,7 +51,7 @@ class TorchTranslator:
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
         if decode.ensemble_weights is not None:
             run = dataclasses.replace(run, model=_reweighted(run.model, decode.ensemble_weights))
-        # int8 linear layers and output projection, or the fp32 one packed for CPU: on a copy
+        # int8 linear layers and output projection, or the fp32 one in oneDNN layout: on a copy
         run = dataclasses.replace(run, model=for_decoding(run.model, precision, device))
         run = for_target(run, decode.tgt_lang)
         self.run, self.decode, self.device, self.precision = run, decode, device, precision
@@ -141,7 +141,7 @@ class TorchTranslator:
             )
             return _Job(rows, src.to(self.device), _to(prefix, self.device), cons, vocab)
 
-        batches = pack_batches(order, lengths, d.max_tokens, max_sentences=d.batch_size)
+        batches = batches_by_tokens(order, lengths, d.max_tokens, max_sentences=d.batch_size)
         for rows, found in self._decoded(job(batch) for batch in batches):
             for i, hyps in zip(rows, found, strict=True):
                 if not hyps[0].complete:

@@ -30,8 +30,8 @@ class Int8Rows:
         zeros = torch.zeros(weight.shape[0], dtype=torch.long)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation (see mt.decode.layout.quantize_int8)
-            packed = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
-            self.packed = torch.ops.quantized.linear_prepack(packed, None)
+            int8 = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+            self.fbgemm_weight = torch.ops.quantized.linear_prepack(int8, None)
 
     def rows(self, ids: Tensor) -> Int8Rows:
         """The projection onto `ids` [C] only: their rows, quantized with their own scales."""
@@ -39,7 +39,7 @@ class Int8Rows:
 
     def __call__(self, hidden: Tensor) -> Tensor:
         """hidden [..., D] (fp32) -> [..., V] fp32."""
-        return torch.ops.quantized.linear_dynamic(hidden, self.packed, True)  # reduce_range
+        return torch.ops.quantized.linear_dynamic(hidden, self.fbgemm_weight, True)  # reduce_range
 
 
 class OneDNNRows:
@@ -47,15 +47,15 @@ class OneDNNRows:
 
     For the tied output projection in fp32 CPU decoding, the largest matmul of a decoder step;
     `python scripts/bench_kernels.py` times it against `F.linear` over the row counts search
-    uses. A shortlist's rows (`rows`) are packed on their own. Inference only: no autograd.
+    uses. A shortlist's rows (`rows`) are reordered on their own. Inference only: no autograd.
     """
 
     def __init__(self, weight: Tensor) -> None:
         self.weight = weight.detach().float()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight)
+        self.onednn_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
 
     def __deepcopy__(self, memo: dict) -> OneDNNRows:
-        return self  # never changed after packing, and oneDNN's tensor cannot be deep-copied
+        return self  # never changed after reordering, and oneDNN's tensor cannot be deep-copied
 
     def rows(self, ids: Tensor) -> OneDNNRows:
         """The projection onto `ids` [C] only."""
@@ -63,4 +63,4 @@ class OneDNNRows:
 
     def __call__(self, hidden: Tensor) -> Tensor:
         """hidden [..., D] fp32 -> [..., V] fp32."""
-        return torch.ops.mkldnn._linear_pointwise(hidden, self.packed, None, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(hidden, self.onednn_weight, None, "none", [], "")

@@ -150,8 +150,10 @@ class Decoder(nn.Module):
         packing = Packing.dense(tokens.shape[0], 1, tokens.device)  # one token per row
         # cross-attention sees the K rows of a source as K queries of one sequence: [B, K]
         # (the rows of DecoderState's layout, grouped by source)
-        k_rows = state.rows_per_source
-        cross_packing = Packing.dense(tokens.shape[0] // k_rows, k_rows, tokens.device)
+        rows_per_source = state.rows_per_source
+        cross_packing = Packing.dense(
+            tokens.shape[0] // rows_per_source, rows_per_source, tokens.device
+        )
         x = self.embed(tokens, tokens.new_full(tokens.shape, state.step))
         self_mask = self._self_mask(1, state.step, tokens.device)
         lean = self_mask is None and not self.training and lean_step(x)
@@ -163,7 +165,7 @@ class Decoder(nn.Module):
         for layer, self_cache, cross in layers:
             memory_kv = (cross.keys, cross.values)
             if lean and layer.self_attn.max_relative_positions == 0:
-                x = layer.step(x, self_cache, memory_kv, state.memory_bias, k_rows, rope)
+                x = layer.step(x, self_cache, memory_kv, state.memory_bias, rows_per_source, rope)
                 continue
             mask = state.memory_mask
             x = layer(x, packing, memory_kv, mask, self_cache, cross_packing, self_mask)

@@ -107,7 +107,7 @@ def test_int8_quantizes_the_tied_output_projection_of_a_copy() -> None:
     assert bool((quantized.argmax(1) == full.argmax(1)).float().mean() >= 0.8)
 
 
-def test_fp32_cpu_decoding_packs_the_output_projection_of_a_copy_sharing_weights() -> None:
+def test_fp32_cpu_decoding_reorders_the_output_projection_of_a_copy_sharing_weights() -> None:
     from mt.config import model_preset
     from mt.decode.search import Limits, beam_search, greedy_search
     from mt.model import transformer

@@ -30,7 +30,7 @@ from mt.checkpoint import (
     save_checkpoint,
 )
 from mt.config import DecodeConfig, TrainLoopConfig
-from mt.data import Batch, ParallelData, epoch_batches, batches_by_tokens
+from mt.data import Batch, ParallelData, batches_by_tokens, epoch_batches
 from mt.decode.search import Limits, greedy_search
 from mt.errors import FileFault, MTError
 from mt.loss import Seq2SeqLoss

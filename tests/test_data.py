@@ -1,6 +1,6 @@
 import numpy as np
 
-from mt.data import ParallelData, epoch_batches, eval_batches, batches_by_tokens
+from mt.data import ParallelData, batches_by_tokens, epoch_batches, eval_batches
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 

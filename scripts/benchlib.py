@@ -3,7 +3,9 @@
 A script run as `python scripts/<name>.py` has this folder on sys.path, so it imports this
 module by name. Here: where Multi30k lies, reading its test2016, timing a translator (median of
 passes), a child process's JSON line, the final JSON line, and, for `--smoke` runs, a tiny
-Multi30k-shaped synthetic corpus and a tiny model trained on it for a few steps.
+Multi30k-shaped synthetic corpus and a tiny model trained on it for a few steps; and, for the
+decoding benchmarks, mt's search on a random model with end-of-sentence suppressed (`NoEos`,
+`time_ours`), so every system decodes exactly the same number of steps.
 """
 
 from __future__ import annotations
@@ -15,9 +17,30 @@ import random
 import statistics
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+
+from mt.config import (
+    DataConfig,
+    PrepareConfig,
+    SpmConfig,
+    TrainConfig,
+    TrainLoopConfig,
+    model_preset,
+)
+from mt.decode.layout import for_decoding
+from mt.decode.search import Limits, beam_search, greedy_search
+from mt.model import transformer
+from mt.prepare import run_prepare
+from mt.runtime import autocast
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mt.train import run_train
+
 MULTI30K_DEFAULT = "../shared/data/multi30k"
+VOCAB = 8000  # the random models' vocabulary
+CPU = torch.device("cpu")
 
 
 def multi30k_dir() -> Path:
@@ -88,17 +111,6 @@ def smoke_corpus(folder: Path, train: int = 400, valid: int = 20, test: int = 24
 def smoke_run(folder: Path, steps: int = 20) -> tuple[Path, Path]:
     """A `tiny` model trained for `steps` steps on `smoke_corpus` under `folder`, on CPU;
     returns (run folder, corpus folder)."""
-    from mt.config import (
-        DataConfig,
-        PrepareConfig,
-        SpmConfig,
-        TrainConfig,
-        TrainLoopConfig,
-        model_preset,
-    )
-    from mt.prepare import run_prepare
-    from mt.train import run_train
-
     corpus = smoke_corpus(folder / "multi30k")
     data = DataConfig(name="smoke", path=str(corpus), format="text", valid="val", test=None)
     spm = SpmConfig(vocab_size=320)
@@ -113,3 +125,60 @@ def smoke_run(folder: Path, steps: int = 20) -> tuple[Path, Path]:
     )  # fmt: skip
     run_train(cfg)
     return folder / "run", corpus
+
+
+# Decoding on random weights: every hypothesis runs to its length cap.
+
+
+class NoEos(torch.nn.Module):
+    """Our model with end-of-sentence suppressed, so every hypothesis runs to the length cap."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def encode(self, src, src_pad_mask):
+        return self.model.encode(src, src_pad_mask)
+
+    def init_state(self, memory, src_pad_mask, max_len, rows_per_source=1, vocab=None):
+        return self.model.init_state(memory, src_pad_mask, max_len, rows_per_source, vocab)
+
+    def decode_step(self, tokens, state):
+        logits = self.model.decode_step(tokens, state)
+        logits[:, EOS_ID] = float("-inf")
+        return logits
+
+
+def each_batch(decode, batches, inter: int) -> float:
+    """Seconds to run decode(src) on every batch: one after another, or (inter > 1) inter
+    batches at once from a thread pool, as `mt translate decode.inter_threads=N` does."""
+    start = time.perf_counter()
+    if inter == 1:
+        for src in batches:
+            decode(src)
+    else:
+        with ThreadPoolExecutor(inter) as pool:
+            list(pool.map(decode, batches))
+    return time.perf_counter() - start
+
+
+def time_ours(model, batches, beam: int, length: int, precision: str, inter: int = 1) -> float:
+    def decode(src):
+        mask = src == PAD_ID
+        limits = Limits(BOS_ID, EOS_ID, max_len_a=0.0, max_len_b=length)
+        with autocast(precision, CPU):
+            if beam == 1:
+                greedy_search(model, src, mask, limits)
+            else:
+                beam_search(model, src, mask, limits, beam=beam)
+
+    return each_batch(decode, batches, inter)
+
+
+def random_decoder(preset: str, precision: str) -> NoEos:
+    """mt's `preset` model on random weights (seed 0, VOCAB pieces), laid out for decoding in
+    `precision` as `mt translate` lays it out, with end-of-sentence suppressed."""
+    torch.manual_seed(0)
+    cfg = model_preset(preset)
+    model = transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval()
+    return NoEos(for_decoding(model, precision, CPU))

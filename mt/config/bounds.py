@@ -168,7 +168,7 @@ DECODE_BOUNDS = {
     "alignment_layer": Bound(-1),  # the model's depth bounds it from above, checked at load
     "attention_lines": Bound(0),
     "shortlist": Bound(0),
-    "shortlist_per_source": Bound(0, 256),  # mt.shortlist.MAX_DEPTH
+    "shortlist_per_source": Bound(0, 256),  # mt.decode.shortlist.MAX_DEPTH
 }
 SERVE_BOUNDS = {
     "batch_window_ms": Bound(0.0, 60_000.0),

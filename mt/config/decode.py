@@ -78,7 +78,7 @@ class DecodeConfig:
     shortlist: int = 0
     """K > 0: score only a shortlist of output pieces per batch (faster on CPU): the K most
     frequent target pieces of the run's training data, each source piece's
-    shortlist_per_source most likely others, and eos (mt/shortlist.py); 0: whole vocabulary.
+    shortlist_per_source most likely others, and eos (mt/decode/shortlist.py); 0: whole vocabulary.
     Beam and greedy search of one checkpoint (engine=torch), not sampling."""
     shortlist_per_source: int = 20
     """With decode.shortlist: target pieces added per source piece of a batch (0 to 256)."""

@@ -74,8 +74,8 @@ class SpmConfig:
     """Extra pieces never split, e.g. language tags like <2de>."""
     input_sentence_size: int = 1_000_000
     """Sentences sampled to train the model (all when the corpus is smaller). SentencePiece's
-    memory grows with it, about 2.4 GB per million sentences of 4-30 words: 2,000,000 peaked
-    at 4.9 GB, so the default is 1,000,000 (2.5 GB), which keeps prepare under 4 GB."""
+    memory grows linearly with it; the default keeps `mt prepare` within a 4 GB machine
+    (`python scripts/bench_prepare.py` measures it; docs/experiments.md has the figures)."""
 
 
 @dataclass

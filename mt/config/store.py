@@ -40,7 +40,7 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
         The schema's defaults, then the preset's values, then the overrides.
 
     Raises:
-        ValueError: If there is no such preset; the message lists the available ones.
+        ConfigError: If there is no such preset; the message lists the available ones.
     """
     available = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
     if name not in available:

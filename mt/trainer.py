@@ -1,129 +1,40 @@
-"""Trainer: the training loop: mixed precision, accumulation, clipping, validation, checkpoints.
+"""Trainer: the training loop: mixed precision, accumulation, clipping, the validation and
+checkpoint cadence, limits, and stop requests agreed on by every rank.
 
 The Trainer receives built objects (model, optimizer, data, tracker, run folder, clock) and a
-TrainLoopConfig of scalars; `mt.train.run_train` builds them, and tests can build them by hand.
+TrainLoopConfig of scalars; `mt.train_setup.build_trainer` builds them, and tests can build them
+by hand. Its state types live in `mt.train_state`, the scoring of a split in `mt.validation`,
+the checkpoint files in `mt.run_checkpoints`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from mt.checkpoint import (
-    FORMAT,
-    average_checkpoints,
-    link_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
-from mt.config import DecodeConfig, TrainLoopConfig
-from mt.data import Batch, ParallelData, batches_by_tokens, epoch_batches
-from mt.decode.search import Limits, greedy_search
-from mt.errors import FileFault, MTError
-from mt.loss import Seq2SeqLoss
-from mt.metrics import bleu
+from mt.checkpoint import FORMAT
+from mt.config import TrainLoopConfig
+from mt.data import Batch, ParallelData, epoch_batches
+from mt.errors import MTError
+from mt.run_checkpoints import save_step
 from mt.rundir import RunDir
 from mt.runtime import Dist, all_reduce_max, all_reduce_sum, autocast
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from mt.stopping import EvaluationStopped, signal_number
+from mt.tokenizer import Tokenizer
 from mt.tracking import Progress, Tracker
+from mt.train_state import LogWindow, StepResult, Stopwatch, TrainState, limit_reached
+from mt.validation import evaluate_split
 
 log = logging.getLogger("mt.train")
-
-
-class EvaluationStopped(Exception):
-    """An evaluation cut short between two batches by a stop request (SIGTERM, Ctrl-C).
-
-    Never reaches the CLI: the trainer checkpoints and stops, run_train raises Stopped.
-    """
-
-    def __init__(self, signal_name: str) -> None:
-        super().__init__(f"evaluation stopped by {signal_name}")
-        self.signal_name = signal_name
-
-
-@dataclass
-class TrainState:
-    """Where training stands; saved in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    elapsed_s: float = 0.0
-    best_score: float | None = None
-    best_step: int = 0
-    bad_validations: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-class Stopwatch:
-    """Training seconds of a run across sessions, read by the trainer and the LR schedule.
-
-    It reads 0 until `resume` starts it, then what earlier sessions trained plus this
-    session's wall time as of the last `tick` (under DDP the trainer then sets the slowest
-    rank's reading, so every rank's schedule and limits see the same time).
-    """
-
-    def __init__(self) -> None:
-        self.elapsed_s = 0.0
-        self._before = 0.0
-        self._start: float | None = None
-
-    def resume(self, elapsed_s: float) -> None:
-        """Start timing this session on top of `elapsed_s` seconds trained before."""
-        self._before, self._start, self.elapsed_s = elapsed_s, time.perf_counter(), elapsed_s
-
-    def tick(self) -> float:
-        """Read the clock: seconds trained so far, this session included."""
-        if self._start is not None:
-            self.elapsed_s = self._before + time.perf_counter() - self._start
-        return self.elapsed_s
-
-    def __call__(self) -> float:
-        """The last reading (what `mt.optim.linear_decay` calls its clock)."""
-        return self.elapsed_s
-
-
-@dataclass
-class StepResult:
-    """One optimizer step: its loss and size, and whether the update was applied."""
-
-    loss: float  # label-smoothed loss per target token
-    nll: float  # negative log-likelihood per target token
-    tokens: float  # target tokens on this rank
-    grad_norm: float  # before clipping
-    applied: bool  # False: a non-finite loss or gradient, the update was skipped
-
-
-@dataclass
-class _Window:
-    """Token-weighted sums of step results between two log lines."""
-
-    loss: float = 0.0
-    nll: float = 0.0
-    tokens: float = 0.0
-    grad_norm: float = 0.0
-    steps: int = 0
-    start: float = field(default_factory=time.perf_counter)
-
-    def add(self, result: StepResult) -> None:
-        self.loss += result.loss * result.tokens
-        self.nll += result.nll * result.tokens
-        self.tokens += result.tokens
-        self.grad_norm += result.grad_norm
-        self.steps += 1
 
 
 class Trainer:
@@ -177,7 +88,7 @@ class Trainer:
         self._requested = ""  # set by request_stop (a signal handler), on this rank only
         self.validation_cut_short = False  # a stop request came during validation
         self.bad_steps = 0
-        self._window = _Window()  # log scalars since the last log line
+        self._window = LogWindow()  # log scalars since the last log line
 
     def request_stop(self, signal_name: str) -> None:
         """Checkpoint and stop after the current step or validation batch (called by a signal
@@ -256,6 +167,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds: every object's state, the RNGs, TrainState, extra_state."""
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -271,6 +183,7 @@ class Trainer:
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Resume from a checkpoint written by `save` (a dict from `state_dict`)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -284,25 +197,8 @@ class Trainer:
         """Write step_<N>.pt, point last.pt (and best.pt) at it, prune old steps (rank 0)."""
         if not self.dist.is_main:
             return
-        run = self.run
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        path = run.step(self.state.step)
-        try:
-            save_checkpoint(self.state_dict(), path)
-            link_checkpoint(path, run.last)
-            if is_best:
-                link_checkpoint(path, run.best)
-        except (OSError, FileFault) as exc:  # disk full, quota, read-only, torch's writer ...
-            cause = (
-                str(exc).rstrip(".")  # already one sentence naming the file and the reason
-                if isinstance(exc, FileFault)
-                else f"cannot write checkpoint {path} ({exc.strerror or exc})"
-            )
-            raise MTError(
-                f"{cause}; training stopped at step {self.state.step}, and {run.last} still "
-                "holds the previous one."
-            ) from None
-        prune_checkpoints(run.checkpoints, max(self.cfg.keep_last, self.cfg.average_last, 1))
+        keep = max(self.cfg.keep_last, self.cfg.average_last, 1)
+        save_step(self.run, self.state_dict(), self.state.step, is_best, keep)
 
     # ------------------------------------------------------------------ the loop
 
@@ -322,11 +218,11 @@ class Trainer:
         self.clock.resume(state.elapsed_s)
         if self._validation_missed():
             self._validate_and_save()  # a stop request cut it short last time
-        self._window = _Window()
+        self._window = LogWindow()
         while not self._stopping():
             if self._train_epoch(progress):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if not self.stop_signal and not self._validated():
+        if not self.stop_signal and not self.state.validated():
             self._validate_and_save()
         if self.stop_signal:
             self.save(is_best=False)
@@ -366,7 +262,7 @@ class Trainer:
         self._window.add(result)
         if state.step % cfg.log_every == 0:
             self._log_window(self._window)
-            self._window = _Window()
+            self._window = LogWindow()
         if cfg.valid_every and state.step % cfg.valid_every == 0 and not self.stop_signal:
             paused = time.perf_counter()
             self._validate_and_save()
@@ -383,7 +279,7 @@ class Trainer:
         if self.dist.world == 1:
             self.stop_signal = self._requested
             return
-        signum = signal.Signals[self._requested].value if self._requested else 0
+        signum = signal_number(self._requested)
         elapsed, signum = all_reduce_max([self.clock(), float(signum)], self.device)
         self.clock.elapsed_s = elapsed
         if signum:
@@ -398,23 +294,18 @@ class Trainer:
         if self.dist.world == 1:
             self.stop_signal = self._requested
         else:
-            signum = signal.Signals[self._requested].value if self._requested else 0
+            signum = signal_number(self._requested)
             agreed = int(all_reduce_max([float(signum)], self.device)[0])
             if agreed:
                 self.stop_signal = signal.Signals(agreed).name
         return self.stop_signal
-
-    def _validated(self) -> bool:
-        """Whether the current step has been validated (is the newest entry in the history)."""
-        history = self.state.history
-        return bool(history) and history[-1]["step"] == self.state.step
 
     def _validation_missed(self) -> bool:
         """Whether the current step was due for validation but has no scores: its checkpoint
         was saved on a stop request (a resumed run validates it before training on)."""
         cfg, step = self.cfg, self.state.step
         due = bool(cfg.valid_every) and step > 0 and step % cfg.valid_every == 0
-        return due and self.valid_data is not None and not self._validated()
+        return due and self.valid_data is not None and not self.state.validated()
 
     def _remaining_groups(self) -> Iterator[list[Batch]]:
         """The rest of the current epoch's batches from the saved position, update_freq at a
@@ -436,15 +327,8 @@ class Trainer:
         """True once a stop signal came or a limit is reached (sets stop_reason)."""
         if self.stop_signal:
             return True
-        cfg, state = self.cfg, self.state
-        if cfg.max_steps and state.step >= cfg.max_steps:
-            self.stop_reason = f"reached train.max_steps={cfg.max_steps}"
-        elif cfg.max_epochs and state.epoch >= cfg.max_epochs:
-            self.stop_reason = f"reached train.max_epochs={cfg.max_epochs}"
-        elif cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60:
-            self.stop_reason = f"reached train.max_minutes={cfg.max_minutes:g}"
-        elif cfg.patience and state.bad_validations >= cfg.patience:
-            self.stop_reason = f"no improvement in {cfg.patience} validations (early stopping)"
+        if reason := limit_reached(self.cfg, self.state):
+            self.stop_reason = reason
         return bool(self.stop_reason)
 
     def _validate_and_save(self) -> None:
@@ -455,15 +339,8 @@ class Trainer:
         except EvaluationStopped:
             self.validation_cut_short = True
             return
-        score = metrics.get("valid/bleu", -metrics.get("valid/loss", 0.0))
-        is_best = self.state.best_score is None or score > self.state.best_score
-        if is_best:
-            self.state.best_score, self.state.best_step = score, self.state.step
-            self.state.bad_validations = 0
-        else:
-            self.state.bad_validations += 1
+        is_best = self.state.record_validation(metrics)
         if metrics:
-            self.state.history.append({"step": self.state.step, **metrics})
             self.tracker.scalars(metrics, self.state.step)
             shown = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items())
             best = " (best)" if is_best else ""
@@ -490,15 +367,9 @@ class Trainer:
             )
         return False
 
-    def _log_window(self, window: _Window) -> None:
-        tokens, seconds = max(window.tokens, 1.0), time.perf_counter() - window.start
-        scalars = {
-            "train/loss": window.loss / tokens,
-            "train/ppl": math.exp(min(window.nll / tokens, 50)),
-            "train/lr": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": window.grad_norm / max(window.steps, 1),
-            "train/tokens_per_s": window.tokens * self.dist.world / max(seconds, 1e-9),
-        }
+    def _log_window(self, window: LogWindow) -> None:
+        """Log the window's scalars to TensorBoard and one line to the log."""
+        scalars = window.scalars(self.scheduler.get_last_lr()[0], self.dist.world)
         self.tracker.scalars(scalars, self.state.step)
         log.info(
             "step %d epoch %d | loss %.3f ppl %.2f lr %.2e gnorm %.2f | %.0f tgt tok/s",
@@ -510,83 +381,3 @@ class Trainer:
             scalars["train/grad_norm"],
             scalars["train/tokens_per_s"],
         )
-
-
-def eval_batch_ids(data: ParallelData) -> list[np.ndarray]:
-    """Deterministic length-sorted batches covering every pair once (validation, test).
-
-    Sized like `mt translate`'s batches (DecodeConfig's max_tokens and batch_size defaults),
-    never like training's: a small train.max_tokens must not make every validation crawl.
-    """
-    decode = DecodeConfig()
-    lens = np.maximum(data.src_lens, data.tgt_lens)  # teacher forcing pads both sides
-    order = np.argsort(data.src_lens, kind="stable")
-    return batches_by_tokens(order, lens, decode.max_tokens, max_sentences=decode.batch_size)
-
-
-@torch.no_grad()  # not inference_mode: see mt.search
-def evaluate_split(
-    model: nn.Module,
-    data: ParallelData,
-    tokenizer: Tokenizer,
-    precision: str,
-    device: torch.device,
-    with_bleu: bool,
-    prefix: str,
-    label_smoothing: float = 0.0,
-    stop: Callable[[], str] | None = None,
-) -> dict[str, float]:
-    """Loss per target token, perplexity and (if `with_bleu`) greedy BLEU of one split.
-
-    Runs on the bare model (not a DDP wrapper), so one rank can evaluate alone; its batches
-    are `eval_batch_ids`.
-
-    Args:
-        stop: Asked before every batch; a signal name ("SIGTERM") abandons the split, ""
-            goes on. None: never stop.
-
-    Raises:
-        EvaluationStopped: `stop` returned a signal name.
-    """
-    model.eval()
-    loss_fn = Seq2SeqLoss(model, label_smoothing, PAD_ID)
-    loss_sum = nll_sum = tokens = 0.0
-    hyps: dict[int, str] = {}
-    limits = Limits(BOS_ID, EOS_ID, max_len=data.max_len - 1)  # bos takes one of the positions
-    for ids in eval_batch_ids(data):
-        if stop is not None and (signal_name := stop()):
-            raise EvaluationStopped(signal_name)
-        batch = data.collate(ids).to(device)
-        with autocast(precision, device):
-            loss, nll = loss_fn(batch.src, batch.src_pad_mask, batch.tgt_in, batch.tgt_out)
-            if with_bleu:
-                found = greedy_search(model, batch.src, batch.src_pad_mask, limits)
-                texts = tokenizer.decode([h.tokens for h in found])
-                hyps.update(zip(batch.ids.tolist(), texts, strict=True))
-        loss_sum, nll_sum = loss_sum + float(loss), nll_sum + float(nll)
-        tokens += batch.n_tgt_tokens
-    metrics = {
-        f"{prefix}/loss": loss_sum / tokens,
-        f"{prefix}/ppl": math.exp(min(nll_sum / tokens, 50)),
-    }
-    if with_bleu:
-        refs = tokenizer.decode([data.tgt[i].tolist() for i in range(len(data))])
-        metrics[f"{prefix}/bleu"] = bleu([hyps[i] for i in range(len(refs))], [refs]).score
-    return metrics
-
-
-def average_last(run: RunDir, n: int) -> Path | None:
-    """Average the last `n` step checkpoints into averaged.pt; None if fewer than 2 exist."""
-    steps = run.steps()[-n:]
-    if len(steps) < 2:
-        return None
-    out = run.averaged
-    save_checkpoint(average_checkpoints(steps), out)
-    log.info("averaged %s into %s", ", ".join(p.name for p in steps), out)
-    return out
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)

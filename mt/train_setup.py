@@ -1,0 +1,122 @@
+"""The objects `mt train` trains with, built from its config: the model's arguments, the model
+and what updates it (`Optimization`), and the `Trainer` over them and the data folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from mt.config import TrainConfig
+from mt.data import ParallelData
+from mt.errors import MTError
+from mt.loss import Seq2SeqLoss
+from mt.manifest import Manifest
+from mt.model import transformer
+from mt.optim import build_optimizer, build_scheduler
+from mt.rundir import RunDir
+from mt.runtime import Dist, grad_scaler, seed_everything
+from mt.tokenizer import PAD_ID, Tokenizer
+from mt.tracking import Tracker
+from mt.train_state import Stopwatch
+from mt.trainer import Trainer
+
+
+def resolve_model_args(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]:
+    """The builder's arguments: the model config plus the data folder's vocabulary sizes."""
+    if cfg.model.share_embeddings and not manifest.spm.joint:
+        raise MTError(
+            "model.share_embeddings=true needs a joint vocabulary (prepare with spm.joint=true), "
+            "or set model.share_embeddings=false."
+        )
+    return {
+        **dataclasses.asdict(cfg.model),
+        "src_vocab_size": manifest.spm.vocab_size,
+        "tgt_vocab_size": manifest.spm.tgt_vocab_size,
+        "pad_id": PAD_ID,
+    }
+
+
+@dataclass
+class Optimization:
+    """The model and what updates it."""
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module  # the loss over the model, maybe wrapped in DDP / torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def build_optimization(
+    cfg: TrainConfig, model_args: dict[str, Any], device: torch.device, dist: Dist, clock: Stopwatch
+) -> Optimization:
+    """The model (the same initial weights on every rank), its loss (DDP-wrapped under
+    torchrun, compiled with train.compile), the optimizer and the LR schedule on `clock`."""
+    seed_everything(cfg.train.seed)  # the same initial weights on every rank
+    try:
+        model = transformer(**model_args).to(device)
+    except ValueError as exc:
+        raise MTError(str(exc)) from None
+    loss_fn: torch.nn.Module = Seq2SeqLoss(model, cfg.train.label_smoothing, PAD_ID)
+    if dist.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
+    if cfg.train.compile:
+        loss_fn = torch.compile(loss_fn)
+    t = cfg.train
+    optimizer = build_optimizer(model, t.lr, tuple(t.betas), t.eps, t.weight_decay, device)
+    seconds = t.max_minutes * 60
+    scheduler = build_scheduler(optimizer, t.warmup_steps, t.schedule, t.max_steps, seconds, clock)
+    return Optimization(model, loss_fn, optimizer, scheduler)
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    manifest: Manifest,
+    data_dir: Path,
+    run: RunDir,
+    device: torch.device,
+    precision: str,
+    dist: Dist,
+) -> Trainer:
+    """The Trainer of the run in `run` on the data folder `data_dir`; every checkpoint it
+    writes carries the model arguments, the resolved config and the vocabulary."""
+    model_args = resolve_model_args(cfg, manifest)
+    clock = Stopwatch()  # training seconds, read by the linear schedule and the trainer
+    opt = build_optimization(cfg, model_args, device, dist, clock)
+    seed_everything(cfg.train.seed + dist.rank)  # own dropout per rank
+    max_len = cfg.model.max_positions
+    valid = ParallelData(data_dir, "valid", max_len) if manifest.has_split("valid") else None
+    return Trainer(
+        model=opt.model,
+        loss_fn=opt.loss_fn,
+        optimizer=opt.optimizer,
+        scheduler=opt.scheduler,
+        scaler=grad_scaler(precision, device),
+        train_data=ParallelData(data_dir, "train", max_len),
+        valid_data=valid,
+        tokenizer=Tokenizer(data_dir / manifest.spm.models["tgt"]),
+        tracker=Tracker(run.tensorboard if dist.is_main else None),
+        run=run,
+        cfg=cfg.train,
+        device=device,
+        precision=precision,
+        dist=dist,
+        clock=clock,
+        extra_state={
+            "model_args": model_args,
+            "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+            "vocab": manifest.spm.identity(),
+            # how the data was prepared, which a data_dir= run's own config does not say
+            "data": {
+                "direction": manifest.direction,
+                "normalize": manifest.normalize,
+                "tags": manifest.tags,
+            },
+        },
+    )

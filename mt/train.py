@@ -2,8 +2,8 @@
 
 Running it again on a run folder with checkpoints resumes from the newest readable one. SIGTERM
 or Ctrl-C stops any phase within a batch or a step, with the state saved: a re-run goes on.
-The objects come from `mt.train_setup` (and `mt.fallback`), the end-of-run scores from
-`mt.final`, the signal handlers from `mt.stopping`.
+The objects come from `mt.training.setup` (and `mt.training.fallback`), the end-of-run scores from
+`mt.training.final`, the signal handlers from `mt.training.stopping`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import torch
 from omegaconf import OmegaConf
 
 from mt.config import PrepareConfig, TrainConfig, validate_train
-from mt.fallback import fit_model_to_minutes
-from mt.final import final_scores
 from mt.manifest import Manifest, load_manifest
 from mt.prepare import run_prepare
 from mt.rundir import RunDir
 from mt.runtime import Dist, init_distributed, setup_hardware
-from mt.stopping import graceful_stop, stopped
 from mt.tracking import setup_logging
-from mt.train_setup import build_trainer
-from mt.trainer import Trainer
+from mt.training.fallback import fit_model_to_minutes
+from mt.training.final import final_scores
+from mt.training.setup import build_trainer
+from mt.training.stopping import graceful_stop, stopped
+from mt.training.trainer import Trainer
 
 log = logging.getLogger("mt.train")
 

@@ -42,7 +42,7 @@ from mt.prepare import run_prepare
 from mt.runtime import bf16_supported, grad_scaler
 from mt.tokenizer import PAD_ID
 from mt.tracking import Tracker
-from mt.trainer import Trainer
+from mt.training.trainer import Trainer
 
 
 def load_batches(

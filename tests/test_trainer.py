@@ -22,8 +22,8 @@ from mt.optim import build_optimizer, build_scheduler
 from mt.rundir import RunDir
 from mt.tokenizer import PAD_ID, Tokenizer
 from mt.tracking import Tracker
-from mt.train_state import Stopwatch
-from mt.trainer import Trainer
+from mt.training.state import Stopwatch
+from mt.training.trainer import Trainer
 
 
 class PoisonedLoss(nn.Module):

@@ -2,9 +2,9 @@
 checkpoint cadence, limits, and stop requests agreed on by every rank.
 
 The Trainer receives built objects (model, optimizer, data, tracker, run folder, clock) and a
-TrainLoopConfig of scalars; `mt.train_setup.build_trainer` builds them, and tests can build them
-by hand. Its state types live in `mt.train_state`, the scoring of a split in `mt.validation`,
-the checkpoint files in `mt.run_checkpoints`.
+TrainLoopConfig of scalars; `mt.training.setup.build_trainer` builds them, and tests can build
+them by hand. Its state types live in `mt.training.state`, the scoring of a split in
+`mt.training.validation`, the checkpoint files in `mt.training.checkpoints`.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from mt.checkpoint import FORMAT
 from mt.config import TrainLoopConfig
 from mt.data import Batch, ParallelData, epoch_batches
 from mt.errors import MTError
-from mt.run_checkpoints import save_step
 from mt.rundir import RunDir
 from mt.runtime import Dist, all_reduce_max, all_reduce_sum, autocast
-from mt.stopping import EvaluationStopped, signal_number
 from mt.tokenizer import Tokenizer
 from mt.tracking import Progress, Tracker
-from mt.train_state import LogWindow, StepResult, Stopwatch, TrainState, limit_reached
-from mt.validation import evaluate_split
+from mt.training.checkpoints import save_step
+from mt.training.state import LogWindow, StepResult, Stopwatch, TrainState, limit_reached
+from mt.training.stopping import EvaluationStopped, signal_number
+from mt.training.validation import evaluate_split
 
 log = logging.getLogger("mt.train")
 

@@ -19,8 +19,8 @@ from mt.decode.search import Limits, greedy_search
 from mt.loss import Seq2SeqLoss
 from mt.metrics import bleu
 from mt.runtime import autocast
-from mt.stopping import EvaluationStopped
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from mt.training.stopping import EvaluationStopped
 
 
 def eval_batch_ids(data: ParallelData) -> list[np.ndarray]:

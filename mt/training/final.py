@@ -15,10 +15,10 @@ from mt.checkpoint import link_checkpoint, load_checkpoint
 from mt.config import TrainConfig
 from mt.data import ParallelData
 from mt.manifest import Manifest
-from mt.run_checkpoints import average_last
-from mt.stopping import stoppable
-from mt.trainer import Trainer
-from mt.validation import evaluate_split
+from mt.training.checkpoints import average_last
+from mt.training.stopping import stoppable
+from mt.training.trainer import Trainer
+from mt.training.validation import evaluate_split
 
 log = logging.getLogger("mt.train")
 

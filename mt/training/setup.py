@@ -23,8 +23,8 @@ from mt.rundir import RunDir
 from mt.runtime import Dist, grad_scaler, seed_everything
 from mt.tokenizer import PAD_ID, Tokenizer
 from mt.tracking import Tracker
-from mt.train_state import Stopwatch
-from mt.trainer import Trainer
+from mt.training.state import Stopwatch
+from mt.training.trainer import Trainer
 
 
 def resolve_model_args(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from mt.manifest import Manifest
 from mt.rundir import RunDir
 from mt.runtime import Dist, all_reduce_max, grad_scaler
 from mt.tracking import Tracker
-from mt.train_setup import build_optimization, resolve_model_args
-from mt.train_state import Stopwatch
-from mt.trainer import Trainer
+from mt.training.setup import build_optimization, resolve_model_args
+from mt.training.state import Stopwatch
+from mt.training.trainer import Trainer
 
 log = logging.getLogger("mt.train")
 

@@ -31,7 +31,8 @@ from mt.checkpoint import (
 )
 from mt.config import DecodeConfig, TrainLoopConfig
 from mt.data import Batch, ParallelData, batches_by_tokens, epoch_batches
-from mt.decode.search import Limits, greedy_search
+from mt.decode.greedy import greedy_search
+from mt.decode.search import Limits
 from mt.errors import FileFault, MTError
 from mt.loss import Seq2SeqLoss
 from mt.metrics import bleu

@@ -70,10 +70,12 @@ from benchlib import (
 )
 
 from mt.config import DecodeConfig, ModelConfig, model_preset
+from mt.decode.beam import beam_search
 from mt.decode.engine import make_translator
+from mt.decode.greedy import greedy_search
 from mt.decode.layout import for_decoding
 from mt.decode.run import load_run
-from mt.decode.search import Limits, beam_search, greedy_search
+from mt.decode.search import Limits
 from mt.model import transformer
 from mt.runtime import autocast, pick_precision
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID

@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from benchlib import print_json
 
 from mt.config import model_preset
-from mt.decode import search
+from mt.decode import blockwise
+from mt.decode.beam import beam_search
+from mt.decode.greedy import greedy_search
 from mt.decode.layout import for_decoding
-from mt.decode.search import Limits, beam_search, greedy_search
+from mt.decode.search import Limits
 from mt.model import transformer
 from mt.model.projection import OneDNNRows
 from mt.tokenizer import BOS_ID, EOS_ID
@@ -77,13 +79,13 @@ def gemms(rounds: int, row_counts=(1, 5, 16, 64, 320), calls: int | None = None)
 
 
 def picks(rounds: int, calls: int | None = None) -> dict:
-    print("2. picks: torch's max / topk (plain) against mt.search's blockwise ones (ours)")
+    print("2. picks: torch's max / topk (plain) against mt.decode.blockwise's ones (ours)")
     lprobs = torch.randn(64, VOCAB).log_softmax(dim=1)
     flat = torch.randn(64, 5 * VOCAB).log_softmax(dim=1)
     out = _pair("greedy argmax [64, 8000]", lambda: lprobs.max(dim=1),
-                lambda: search._pick_argmax(lprobs), rounds, calls or 200)  # fmt: skip
+                lambda: blockwise.pick_argmax(lprobs), rounds, calls or 200)  # fmt: skip
     out.update(_pair("beam top-10 [64, 40000]", lambda: flat.topk(10, dim=1),
-                     lambda: search._topk(flat, 10), rounds, calls or 50))  # fmt: skip
+                     lambda: blockwise.top_k(flat, 10), rounds, calls or 50))  # fmt: skip
     return out
 
 

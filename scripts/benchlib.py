@@ -30,8 +30,10 @@ from mt.config import (
     TrainLoopConfig,
     model_preset,
 )
+from mt.decode.beam import beam_search
+from mt.decode.greedy import greedy_search
 from mt.decode.layout import for_decoding
-from mt.decode.search import Limits, beam_search, greedy_search
+from mt.decode.search import Limits
 from mt.model import transformer
 from mt.prepare import run_prepare
 from mt.runtime import autocast

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mt.config import DecodeConfig
+from mt.decode.beam import beam_search
 from mt.decode.constraints import (
     Constraints,
     ConstraintState,
@@ -15,7 +16,7 @@ from mt.decode.constraints import (
     stripe_order,
 )
 from mt.decode.engine import make_translator
-from mt.decode.search import Limits, beam_search
+from mt.decode.search import Limits
 from mt.decode.torch_engine import TorchTranslator
 from mt.model import transformer
 from mt.tokenizer import BOS_ID as BOS

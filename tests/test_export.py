@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from mt.config import DecodeConfig
-from mt.convert.export import Source, check_representable, export, load_source
+from mt.convert.export import export
+from mt.convert.source import Source, check_representable, load_source
 from mt.decode.engine import make_translator
 from mt.decode.run import load_run
 from mt.decode.torch_engine import TorchTranslator

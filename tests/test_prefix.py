@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from mt.config import DecodeConfig
+from mt.decode.beam import beam_search
 from mt.decode.engine import make_translator
-from mt.decode.search import Limits, beam_search, greedy_search
+from mt.decode.greedy import greedy_search
+from mt.decode.search import Limits
 from mt.decode.torch_engine import TorchTranslator
 from mt.tokenizer import BOS_ID, EOS_ID
 from tests.test_cli import assert_clean_error, mt

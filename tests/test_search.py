@@ -17,7 +17,9 @@ import torch
 from torch import Tensor
 
 from mt.config import model_preset
-from mt.decode.search import Hypothesis, Limits, beam_search, greedy_search, length_penalty, sample
+from mt.decode.beam import beam_search
+from mt.decode.greedy import greedy_search, sample
+from mt.decode.search import Hypothesis, Limits, length_penalty
 
 PAD, UNK, BOS, EOS, X, Y = 0, 1, 2, 3, 4, 5
 V = 6
@@ -416,7 +418,7 @@ def test_outputs_never_outrun_the_models_positions() -> None:
 
 
 def test_blockwise_top_k_and_argmax_match_torchs() -> None:
-    from mt.decode import search
+    from mt.decode import blockwise
 
     torch.manual_seed(0)
     x = torch.randn(9, 64 * 160).log_softmax(dim=1)
@@ -424,21 +426,21 @@ def test_blockwise_top_k_and_argmax_match_torchs() -> None:
     x[2, :] = float("-inf")
     x[2, 5000] = -1.0  # one finite value in a row, the rest -inf (a forced token)
     x[3, 64 * 7 : 64 * 8] = 0.0  # one whole block of maxima
-    assert search._blocks(x, 10) is not None  # these sizes take the blockwise path
-    tokens, best = search._pick_argmax(x)
+    assert blockwise._blocks(x, 10) is not None  # these sizes take the blockwise path
+    tokens, best = blockwise.pick_argmax(x)
     want_best, want_tokens = x.max(dim=1)
     assert torch.equal(tokens, want_tokens) and torch.equal(best, want_best)
     for k in (1, 10):
-        values, index = search._topk(x, k)
+        values, index = blockwise.top_k(x, k)
         want_values, _ = x.topk(k, dim=1)
         assert torch.equal(values, want_values)
         assert torch.equal(x.gather(1, index), values)  # positions of those values
         assert index.unique(dim=1).size(1) == k or bool((values == float("-inf")).any())
-    assert search._blocks(x[:, :-1].contiguous(), 1) is None  # not whole blocks: plain torch
+    assert blockwise._blocks(x[:, :-1].contiguous(), 1) is None  # not whole blocks: plain torch
 
 
 def test_beam_and_greedy_outputs_do_not_depend_on_blockwise_search(monkeypatch) -> None:
-    from mt.decode import search
+    from mt.decode import blockwise
     from mt.model import transformer
 
     torch.manual_seed(0)
@@ -448,13 +450,13 @@ def test_beam_and_greedy_outputs_do_not_depend_on_blockwise_search(monkeypatch) 
     src, mask = batch([9, 6, 4])
     src = torch.randint(4, vocab, src.shape).masked_fill(mask, PAD)
     limits = Limits(BOS, EOS, max_len_a=1.0, max_len_b=4)
-    blockwise = (
+    fast = (
         beam_search(model, src, mask, limits, beam=5, nbest=5),
         greedy_search(model, src, mask, limits),
     )
-    monkeypatch.setattr(search, "_blocks", lambda x, k: None)
+    monkeypatch.setattr(blockwise, "_blocks", lambda x, k: None)
     plain = (
         beam_search(model, src, mask, limits, beam=5, nbest=5),
         greedy_search(model, src, mask, limits),
     )
-    assert blockwise == plain
+    assert fast == plain

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from mt.config import ConfigError, DecodeConfig, model_preset, validate_decode
+from mt.decode.beam import beam_search
 from mt.decode.constraints import Constraints
+from mt.decode.greedy import greedy_search
 from mt.decode.layout import quantize_int8
 from mt.decode.run import load_run
-from mt.decode.search import Limits, beam_search, greedy_search
+from mt.decode.search import Limits
 from mt.decode.shortlist import TABLE, ShortlistTable, build_table, load_shortlist
 from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError

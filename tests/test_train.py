@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mt.checkpoint import load_checkpoint
-from mt.decode.search import Limits, greedy_search
+from mt.decode.greedy import greedy_search
+from mt.decode.search import Limits
 from mt.model import transformer
 from mt.shards import Shard
 from mt.tokenizer import BOS_ID, EOS_ID

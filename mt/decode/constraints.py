@@ -9,7 +9,7 @@ its length cap).
 
 Pure tensor code. A hypothesis tracks, per constraint, whether it is met, and at most one phrase
 in progress: the next token either continues that phrase or drops its progress, as in Sockeye.
-Tensors are [B', K, ...] (sentence, beam slot) like the beams in ``mt.search``.
+Tensors are [B', K, ...] (sentence, beam slot) like the beams in ``mt.decode.beam``.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from mt.config import DecodeConfig
-from mt.convert.export import EXPORT_INFO, export, load_source, missing_extra
+from mt.convert.export import EXPORT_INFO, export
+from mt.convert.source import load_source, missing_extra
 from mt.corpus import file_sha256
 from mt.decode.ensemble import Ensemble
 from mt.decode.inputs import one_line, output_caps, prefix_ids, prepare_ids

@@ -20,12 +20,14 @@ import torch
 from mt.config import DecodeConfig
 from mt.data import batches_by_tokens
 from mt.decode.alignment import check_layer, cross_attention, pharaoh, save_picture
+from mt.decode.beam import beam_search
 from mt.decode.constraints import Constraints
 from mt.decode.ensemble import Ensemble
+from mt.decode.greedy import greedy_search, sample
 from mt.decode.inputs import constraint_ids, limits_for, one_line, prefix_ids, prepare_ids
 from mt.decode.layout import for_decoding
 from mt.decode.run import LoadedRun, for_target
-from mt.decode.search import Hypothesis, beam_search, greedy_search, sample
+from mt.decode.search import Hypothesis
 from mt.decode.shortlist import ShortlistTable, load_shortlist
 from mt.errors import MTError
 from mt.runtime import autocast

@@ -132,7 +132,7 @@ class DecoderState:
         memory_mask: Bool [B, 1, 1, S], True where the memory may be attended (not padding).
         rows_per_source: K.
         vocab: Output shortlist, candidate ids [C] (None: the whole vocabulary): decode steps
-            then take and return positions in it (`mt.search`).
+            then take and return positions in it (`mt.decode.search`).
         project: hidden [N, D] -> logits [N, C] over those ids: the output projection's rows,
             sliced once per search (`Seq2Seq.init_state`).
     """

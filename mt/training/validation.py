@@ -15,7 +15,8 @@ from torch import nn
 
 from mt.config import DecodeConfig
 from mt.data import ParallelData, batches_by_tokens
-from mt.decode.search import Limits, greedy_search
+from mt.decode.greedy import greedy_search
+from mt.decode.search import Limits
 from mt.loss import Seq2SeqLoss
 from mt.metrics import bleu
 from mt.runtime import autocast

@@ -109,7 +109,9 @@ def test_int8_quantizes_the_tied_output_projection_of_a_copy() -> None:
 
 def test_fp32_cpu_decoding_reorders_the_output_projection_of_a_copy_sharing_weights() -> None:
     from mt.config import model_preset
-    from mt.decode.search import Limits, beam_search, greedy_search
+    from mt.decode.beam import beam_search
+    from mt.decode.greedy import greedy_search
+    from mt.decode.search import Limits
     from mt.model import transformer
 
     torch.manual_seed(0)

@@ -19,10 +19,10 @@ once or twice first); docs/decoding.md has the coverage figures. The table keeps
 piece's first 256 target pieces (MAX_DEPTH), so a large K can leave fewer than N new ones.
 
 The table comes from the run's binarized training data (the data folder its config names:
-`data_dir`, else `prepare_dir`) on first use, in about a second for Multi30k's 29k pairs, and
-is cached as RUN_DIR/shortlist.pt for the run's vocabulary. Search slices the output
-projection's rows of the candidates once per batch (`mt.decode.search`, `Seq2Seq.init_state(vocab=)`),
-so log-probs are normalized over the candidates, as in Marian and CTranslate2 (vmap).
+`data_dir`, else `prepare_dir`) on first use, and is cached as RUN_DIR/shortlist.pt for the
+run's vocabulary. Search slices the output projection's rows of the candidates once per batch
+(`mt.decode.search`, `Seq2Seq.init_state(vocab=)`), so log-probs are normalized over the
+candidates, as in Marian and CTranslate2 (vmap).
 """
 
 from __future__ import annotations

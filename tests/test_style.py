@@ -94,3 +94,16 @@ def test_no_import_cycles_among_mt_modules():
     for name in sorted(graph):
         visit(name, [])
     assert not cycles, "import cycles: " + "; ".join(sorted(set(cycles)))
+
+
+def test_the_architecture_map_names_every_module():
+    """docs/architecture.md names every module of the package, so the map cannot fall behind."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    unnamed = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__init__.py"
+        and f"`{path.relative_to(PACKAGE.parent)}`" not in doc
+        and f"`{path.name}`" not in doc
+    ]
+    assert not unnamed, f"docs/architecture.md does not name: {', '.join(unnamed)}"

@@ -107,3 +107,20 @@ def test_the_architecture_map_names_every_module():
         and f"`{path.name}`" not in doc
     ]
     assert not unnamed, f"docs/architecture.md does not name: {', '.join(unnamed)}"
+
+
+def test_a_deferred_mt_import_says_why():
+    """An `mt` import inside a function hides a dependency from the module's reader: each one
+    carries a comment on its line or the line above saying why it cannot sit at the top."""
+    silent = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("mt"):
+                    here, above = lines[inner.lineno - 1], lines[inner.lineno - 2].strip()
+                    if "#" not in here and not above.startswith("#"):
+                        silent.append(f"{path.relative_to(PACKAGE.parent)}:{inner.lineno}")
+    assert not silent, f"deferred mt imports without a reason: {', '.join(silent)}"

@@ -1,7 +1,7 @@
 """Training throughput of mt against a Hugging Face MarianMTModel of the same size, same batches.
 
     python scripts/bench_train.py [--presets small,base] [--precisions fp32,bf16] [--seconds 25]
-    python scripts/bench_train.py --device cuda --presets base,big     # on a GPU box
+    python scripts/bench_train.py --device cuda --presets base,big --precisions bf16,fp16
     python scripts/bench_train.py --smoke          # seconds: `tiny`, fp32, a synthetic corpus
 
 Batches come from Multi30k (MT_MULTI30K, default ../shared/data/multi30k, joint 8k
@@ -39,19 +39,27 @@ from mt.loss import Seq2SeqLoss
 from mt.model import transformer
 from mt.optim import build_optimizer, build_scheduler
 from mt.prepare import run_prepare
-from mt.runtime import bf16_supported, grad_scaler
+from mt.runtime import autocast, bf16_supported, grad_scaler
 from mt.tokenizer import PAD_ID
 from mt.tracking import Tracker
 from mt.training.trainer import Trainer
 
 
 def load_batches(
-    folder: Path, n: int, pairs: int = 30_000, vocab: int = 8000, synthetic: bool = False
+    folder: Path,
+    n: int,
+    pairs: int = 30_000,
+    vocab: int = 8000,
+    synthetic: bool = False,
+    max_tokens: int = 4096,
+    corpus: Path | None = None,
 ) -> tuple[list[Batch], int]:
-    """Prepare Multi30k (or, without it or with `synthetic`, a synthetic corpus of `pairs`) with
-    a `vocab`-piece SentencePiece and take `n` training batches of <= 4,096 tokens."""
-    corpus = multi30k_dir()
-    if corpus.is_dir() and not synthetic:
+    """Prepare Multi30k (or, without it or with `synthetic`, a synthetic corpus of `pairs`; or
+    the Multi30k-shaped folder `corpus`) with a `vocab`-piece SentencePiece and take `n`
+    training batches of <= `max_tokens` tokens."""
+    if corpus is None and not synthetic:
+        corpus = multi30k_dir()
+    if corpus is not None and corpus.is_dir():
         data = DataConfig(name="multi30k", path=str(corpus), format="text", valid="val", test=None)
     else:
         from bench_prepare import synthetic_corpus
@@ -61,7 +69,7 @@ def load_batches(
         PrepareConfig(data=data, spm=SpmConfig(vocab_size=vocab), out_dir=str(folder / "data"))
     )
     train = ParallelData(folder / "data", "train", 1024)
-    ids = epoch_batches(train, 4096, seed=1, epoch=0)[:n]
+    ids = epoch_batches(train, max_tokens, seed=1, epoch=0)[:n]
     return [train.collate(b) for b in ids], manifest.spm.vocab_size
 
 
@@ -126,7 +134,8 @@ class Ours:
 
 
 class HuggingFace:
-    """MarianMTModel of the same size: logits -> label-smoothed CE, torch AdamW, clipping."""
+    """MarianMTModel of the same size: logits -> label-smoothed CE, torch AdamW, clipping; in
+    fp16 with a GradScaler, as mt's Trainer (the scaler is a pass-through otherwise)."""
 
     def __init__(self, cfg: ModelConfig, vocab: int, precision: str, device: torch.device) -> None:
         from transformers import MarianConfig, MarianMTModel
@@ -142,14 +151,12 @@ class HuggingFace:
         )  # fmt: skip
         self.model = MarianMTModel(config).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=5e-4, betas=(0.9, 0.98))
+        self.scaler = grad_scaler(precision, device)
         self.precision, self.device = precision, device
 
     def step(self, batch: Batch) -> None:
         batch = batch.to(self.device)
-        ctx = torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
-        )
-        with ctx:
+        with autocast(self.precision, self.device):
             logits = self.model(
                 input_ids=batch.src,
                 attention_mask=~batch.src_pad_mask,
@@ -159,9 +166,11 @@ class HuggingFace:
             logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
             label_smoothing=0.1, reduction="sum",
         )  # fmt: skip
-        (loss / batch.n_tgt_tokens).backward()
+        self.scaler.scale(loss / batch.n_tgt_tokens).backward()
+        self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
 
 
@@ -236,7 +245,7 @@ def main() -> None:
         # without AVX512-BF16 / AMX, PyTorch refuses bf16 on CPU (mt.runtime.pick_precision)
         print("bf16: this CPU has no native bf16 matmul (no AVX512-BF16/AMX); bf16 skipped")
         precisions.remove("bf16")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peaks = {p: measure_peak(dtypes[p], device, peak_s) for p in precisions}
     print("matmul peak: " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     with tempfile.TemporaryDirectory() as tmp:

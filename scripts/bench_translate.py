@@ -55,6 +55,7 @@ from benchlib import (
     print_json,
     random_decoder,
     run_child,
+    synchronize,
     time_ours,
 )
 
@@ -77,13 +78,18 @@ def build_hf(cfg: ModelConfig):
     return MarianMTModel(config).eval()
 
 
-def time_hf(model, batches, beam: int, length: int, precision: str, inter: int = 1) -> float:
+def time_hf(
+    model, batches, beam: int, length: int, precision: str, inter: int = 1, device=CPU
+) -> float:
+    """Seconds for Hugging Face `generate` over `batches` (model and batches on `device`)."""
+
     def decode(src):
-        with torch.no_grad(), autocast(precision, CPU):
+        with torch.no_grad(), autocast(precision, device):
             model.generate(
                 input_ids=src, attention_mask=src != PAD_ID, num_beams=beam, do_sample=False,
                 max_new_tokens=length + 1, min_new_tokens=length + 1, suppress_tokens=[EOS_ID],
             )  # fmt: skip
+        synchronize(device)
 
     return each_batch(decode, batches, inter)
 
@@ -99,11 +105,14 @@ class _StubTokenizer:
         return {piece: i for i, piece in enumerate([*names, "<pad>"])}
 
 
-def build_ct2(cfg: ModelConfig, folder: Path, compute_type: str, inter: int = 1):
+def build_ct2(
+    cfg: ModelConfig, folder: Path, compute_type: str, inter: int = 1, device: str = "cpu"
+):
     """The random Hugging Face Marian of `cfg` (`build_hf`, seed 0) converted by CTranslate2's
     own `TransformersConverter` into `folder`, once: later calls load that conversion (the
     benchmark converts in a process of its own, `--convert-ct2`, so no timed process builds it).
-    It runs `inter` batches at once (inter_threads), each on 1/inter of the threads."""
+    It runs on `device` ("cpu" or "cuda"), `inter` batches at once (inter_threads), each on
+    1/inter of the threads."""
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
 
@@ -116,7 +125,7 @@ def build_ct2(cfg: ModelConfig, folder: Path, compute_type: str, inter: int = 1)
         build_hf(cfg).save_pretrained(folder / "hf")
         Converter(str(folder / "hf")).convert(str(folder / "ct2"))
     threads = torch.get_num_threads()
-    return ctranslate2.Translator(str(folder / "ct2"), compute_type=compute_type,
+    return ctranslate2.Translator(str(folder / "ct2"), device=device, compute_type=compute_type,
                                   inter_threads=inter, intra_threads=threads)  # fmt: skip
 
 

@@ -5,7 +5,8 @@ module by name. Here: where Multi30k lies, reading its test2016, timing a transl
 passes), a child process's JSON line, the final JSON line, and, for `--smoke` runs, a tiny
 Multi30k-shaped synthetic corpus and a tiny model trained on it for a few steps; and, for the
 decoding benchmarks, mt's search on a random model with end-of-sentence suppressed (`NoEos`,
-`time_ours`), so every system decodes exactly the same number of steps.
+`time_ours`, on CPU or a CUDA device, `synchronize`d), so every system decodes exactly the same
+number of steps.
 """
 
 from __future__ import annotations
@@ -164,23 +165,34 @@ def each_batch(decode, batches, inter: int) -> float:
     return time.perf_counter() - start
 
 
-def time_ours(model, batches, beam: int, length: int, precision: str, inter: int = 1) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ours(
+    model, batches, beam: int, length: int, precision: str, inter: int = 1, device=CPU
+) -> float:
+    """Seconds for mt's search over `batches` (on `device`), each batch waited for."""
+
     def decode(src):
         mask = src == PAD_ID
         limits = Limits(BOS_ID, EOS_ID, max_len_a=0.0, max_len_b=length)
-        with autocast(precision, CPU):
+        with autocast(precision, device):
             if beam == 1:
                 greedy_search(model, src, mask, limits)
             else:
                 beam_search(model, src, mask, limits, beam=beam)
+        synchronize(device)
 
     return each_batch(decode, batches, inter)
 
 
-def random_decoder(preset: str, precision: str) -> NoEos:
-    """mt's `preset` model on random weights (seed 0, VOCAB pieces), laid out for decoding in
-    `precision` as `mt translate` lays it out, with end-of-sentence suppressed."""
+def random_decoder(preset: str, precision: str, device: torch.device = CPU) -> NoEos:
+    """mt's `preset` model on random weights (seed 0, VOCAB pieces) on `device`, laid out for
+    decoding in `precision` as `mt translate` lays it out, with end-of-sentence suppressed."""
     torch.manual_seed(0)
     cfg = model_preset(preset)
     model = transformer(**vars(cfg), src_vocab_size=VOCAB, tgt_vocab_size=VOCAB).eval()
-    return NoEos(for_decoding(model, precision, CPU))
+    return NoEos(for_decoding(model.to(device), precision, device))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -104,16 +107,142 @@ class Dist:
         return self.rank == 0
 
 
+# Setup (rank 0 preparing data or checking the run folder while the others wait at a barrier)
+# may take as long as a corpus takes to prepare; only collectives after it are held to
+# train.dist_timeout.
+SETUP_TIMEOUT = timedelta(hours=24)
+
+
 def init_distributed(device_name: str) -> Dist:
-    """Join the process group when started by torchrun (NCCL on GPU, gloo on CPU)."""
+    """Join the process group when started by torchrun (NCCL on GPU, gloo on CPU).
+
+    Collectives wait at most SETUP_TIMEOUT until `hold_to_timeout` shortens it. On NCCL a
+    collective that times out raises in the waiting thread (TORCH_NCCL_BLOCKING_WAIT) instead
+    of aborting the process, so `job_failure` can say what happened.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=SETUP_TIMEOUT)
     return Dist(rank, local_rank, world)
+
+
+def hold_to_timeout(seconds: float) -> None:
+    """From now on a collective that waits more than `seconds` raises on every waiting rank."""
+    if dist.is_available() and dist.is_initialized():
+        dist.distributed_c10d._set_pg_timeout(timedelta(seconds=seconds))
+
+
+class Heartbeat:
+    """Each rank's sign of life in the job's key-value store: a daemon thread writes the time
+    and the last finished update once a second. A rank that died or was stopped (SIGSTOP)
+    stops beating, which is how `job_failure` tells which rank a failed collective waited for.
+    Without a process group it does nothing.
+    """
+
+    PERIOD_S = 1.0
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world, self.step = rank, world, 0
+        self._store = _job_store() if world > 1 else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        if self._store is not None:
+            self._thread = threading.Thread(target=self._beat, name="mt-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._store.set(f"mt/alive/{self.rank}", f"{time.time()} {self.step}")
+            except Exception:  # the store's host is gone: the job is ending anyway
+                return
+            self._stop.wait(self.PERIOD_S)
+
+    def others(self) -> dict[int, tuple[float, int] | None]:
+        """Seconds since each other rank last beat, and its last finished update (None:
+        never beat, or the store cannot be read)."""
+        found: dict[int, tuple[float, int] | None] = {}
+        for rank in range(self.world):
+            if rank == self.rank:
+                continue
+            found[rank] = None
+            try:
+                self._store.set_timeout(timedelta(seconds=2))
+                stamp, step = self._store.get(f"mt/alive/{rank}").decode().split()
+                found[rank] = (time.time() - float(stamp), int(step))
+            except Exception:  # missing key, or the store's host died with its rank
+                pass
+        return found
+
+
+def _job_store() -> dist.Store | None:
+    """The key-value store the process group was set up with (torchrun's), if any."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # no default group, or a torch without the accessor
+        return None
+
+
+def collective_failed(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed: a peer's connection closed, or no peer
+    answered within the process group's timeout."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return any(
+        mark in text
+        for mark in ("Gloo", "gloo", "NCCL", "Connection closed", "Connection reset", "Timed out")
+    )
+
+
+def _silence(rank: int, seen: tuple[float, int] | None) -> str:
+    if seen is None:
+        return f"rank {rank} never answered"
+    return f"rank {rank} stopped answering {seen[0]:.0f} s ago, after update {seen[1]}"
+
+
+def _silent_ranks(beat: Heartbeat) -> dict[int, tuple[float, int] | None]:
+    """The other ranks that stopped beating. A peer that has just died may have beaten a
+    moment ago, so without a stale one this waits a few beats and looks again."""
+    stale = 3 * Heartbeat.PERIOD_S
+    for attempt in range(2):
+        others = beat.others()
+        silent = {r: seen for r, seen in others.items() if seen is None or seen[0] > stale}
+        if silent or attempt:
+            return silent
+        time.sleep(stale + Heartbeat.PERIOD_S)
+    return {}
+
+
+def job_failure(beat: Heartbeat, timeout_s: float, exc: BaseException) -> str:
+    """One sentence on a failed collective: which rank stopped answering, and what to do."""
+    silent = _silent_ranks(beat)
+    if silent:
+        what = "; ".join(_silence(rank, seen) for rank, seen in silent.items())
+        what += " (the process died, was stopped, or its host went away)"
+    elif "imed out" in str(exc):
+        what = (
+            f"no collective finished within train.dist_timeout={timeout_s:g} s though every "
+            "rank is alive (one is stuck outside the collective, e.g. in I/O)"
+        )
+    else:
+        what = f"a collective failed ({str(exc).strip().splitlines()[0][:200]})"
+    return (
+        f"rank {beat.rank} of {beat.world}: {what}; the job ends here. Run the same command "
+        "again to resume from the last checkpoint."
+    )
 
 
 def _all_reduce(values: list[float], device: torch.device, op: dist.ReduceOp) -> list[float]:

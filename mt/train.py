@@ -18,14 +18,25 @@ import torch
 from omegaconf import OmegaConf
 
 from mt.config import PrepareConfig, TrainConfig, validate_train
+from mt.errors import MTError
+from mt.files import write_text
 from mt.manifest import Manifest, load_manifest
 from mt.prepare import run_prepare
 from mt.rundir import RunDir
-from mt.runtime import Dist, init_distributed, setup_hardware
+from mt.runtime import (
+    Dist,
+    Heartbeat,
+    collective_failed,
+    hold_to_timeout,
+    init_distributed,
+    job_failure,
+    setup_hardware,
+)
 from mt.tracking import setup_logging
 from mt.training.fallback import fit_model_to_minutes
 from mt.training.final import final_scores
 from mt.training.setup import build_trainer
+from mt.training.state import TrainState
 from mt.training.stopping import graceful_stop, stopped
 from mt.training.trainer import Trainer
 
@@ -55,7 +66,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         stack.callback(trainer.tracker.close)
         _resume(trainer)
         stack.enter_context(graceful_stop(trainer.request_stop))
-        state = trainer.fit()
+        state = _fit(trainer, t.dist_timeout)
         if trainer.stop_signal:
             saved = (
                 "checkpoint saved before its validation finished. Run the same command again "
@@ -67,8 +78,23 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         results = _results(trainer)
         if dist.is_main:
             results.update(final_scores(cfg, trainer, data_dir, manifest))
-            _write_json(run.results, results)
+            write_text(run.results, json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _fit(trainer: Trainer, dist_timeout: float) -> TrainState:
+    """`trainer.fit()`; under torchrun, a collective that fails (a rank died, was stopped or
+    is stuck for dist_timeout seconds) ends this rank with one sentence naming that rank."""
+    world = trainer.dist.world
+    hold_to_timeout(dist_timeout)
+    with Heartbeat(trainer.dist.rank, world) as beat:
+        trainer.heartbeat = beat
+        try:
+            return trainer.fit()
+        except RuntimeError as exc:
+            if world == 1 or not collective_failed(exc):
+                raise
+            raise MTError(job_failure(beat, dist_timeout, exc)) from None
 
 
 def _data_dir(cfg: TrainConfig, dist: Dist) -> Path:
@@ -117,10 +143,3 @@ def _results(trainer: Trainer) -> dict[str, Any]:
         "history": state.history,
         "best_step": state.best_step,
     }
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to `path` through a temp file beside it, renamed when complete."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -32,6 +32,25 @@ def test_ranks_get_disjoint_equal_shards(prepared_dir):
     assert not set(np.concatenate(r0).tolist()) & set(np.concatenate(r1).tolist())
 
 
+def test_no_rank_runs_out_of_batches_first(prepared_dir):
+    """Every rank of a job gets the same number of batches in every epoch, also when the
+    epoch's batch count does not divide by the world size, so no rank waits in a collective
+    for a rank that has finished its epoch."""
+    data = ParallelData(prepared_dir, "train", max_len=64)
+    uneven = 0
+    for world in (2, 3, 4):
+        for max_tokens in (64, 100, 200, 333):
+            for epoch in range(3):
+                total = len(epoch_batches(data, max_tokens, seed=1, epoch=epoch))
+                uneven += total % world != 0
+                counts = {
+                    len(epoch_batches(data, max_tokens, 1, epoch, rank=rank, world=world))
+                    for rank in range(world)
+                }
+                assert counts == {total // world}, (world, max_tokens, epoch, counts)
+    assert uneven  # the cases include batch counts that do not divide by the world size
+
+
 def test_collate_shifts_targets_and_pads(prepared_dir):
     data = ParallelData(prepared_dir, "valid", max_len=64)
     ids = np.array([0, 1, 2])

@@ -3,6 +3,7 @@ and a resume after the whole job was killed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import torch
 
+import mt
 from mt.checkpoint import load_checkpoint
 from mt.rundir import RunDir
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+MT_PACKAGE = Path(mt.__file__).parent  # a traceback through mt's own code names it
 
 
 def _free_port() -> int:
@@ -154,3 +157,75 @@ def test_sigterm_stops_every_rank_after_the_same_update(prepared_dir, tmp_path):
     step = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
     assert load_checkpoint(run / "checkpoints" / "last.pt")["train_state"]["step"] == step
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # none left behind
+
+
+def _rank_pid(job: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=`rank`."""
+    for pid in _children(job.pid):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    raise AssertionError(f"no worker with RANK={rank} under torchrun {job.pid}")
+
+
+def _lose_rank_1(prepared_dir: Path, run: Path, sig: signal.Signals) -> tuple[float, str, int]:
+    """Start a 2-rank job with train.dist_timeout=10, send `sig` to rank 1 once a checkpoint
+    exists; returns the seconds rank 0 took to exit afterwards, torchrun's stderr and the
+    newest saved step."""
+    job = subprocess.Popen(
+        [*_torchrun("--standalone", "--nproc_per_node=2"),
+         *_train_args(prepared_dir, run, "train.max_steps=100000", "train.valid_every=2",
+                      "train.dist_timeout=10")],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list((run / "checkpoints").glob("step_4.pt")):
+            time.sleep(0.2)
+        rank0, rank1 = _rank_pid(job, 0), _rank_pid(job, 1)
+        os.kill(rank1, sig)
+        lost = time.monotonic()
+        while Path(f"/proc/{rank0}").exists() and time.monotonic() - lost < 120:
+            time.sleep(0.1)
+        took = time.monotonic() - lost
+        print(f"rank 0 left {took:.1f} s after rank 1 got {sig.name}")
+        _, err = job.communicate(timeout=120)  # torchrun ends a stopped worker itself
+    finally:
+        for pid in [*_children(job.pid), job.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        job.wait()
+    assert job.returncode != 0
+    return took, err, load_checkpoint(RunDir(run).steps()[-1])["train_state"]["step"]
+
+
+def _resumes(prepared_dir: Path, run: Path, saved: int) -> None:
+    again = subprocess.Popen(
+        [*_torchrun("--standalone", "--nproc_per_node=2"),
+         *_train_args(prepared_dir, run, f"train.max_steps={saved + 2}", "train.valid_every=2")],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _finish([again])
+    assert f"from step {saved}" in (run / "train.log").read_text()
+
+
+def test_a_stopped_rank_ends_the_job_within_dist_timeout_naming_it(prepared_dir, tmp_path):
+    """kill -STOP on rank 1: rank 0 waits at most train.dist_timeout in its collective, then
+    exits with one sentence naming rank 1, never a silent wait; the run resumes after."""
+    run = tmp_path / "run"
+    took, err, saved = _lose_rank_1(prepared_dir, run, signal.SIGSTOP)
+    assert "mt train: error: rank 0 of 2: rank 1 stopped answering" in err, err[-3000:]
+    assert took < 10 + 20, f"rank 0 waited {took:.0f} s with train.dist_timeout=10"
+    _resumes(prepared_dir, run, saved)
+
+
+def test_a_killed_rank_ends_the_job_naming_it(prepared_dir, tmp_path):
+    """kill -9 on rank 1: rank 0's collective fails at once; it names rank 1 and exits."""
+    run = tmp_path / "run"
+    took, err, saved = _lose_rank_1(prepared_dir, run, signal.SIGKILL)
+    assert took < 10 + 20, f"rank 0 took {took:.0f} s to leave"
+    # torchrun may end rank 0 (SIGTERM) before it has written its sentence; if it wrote one,
+    # the sentence names rank 1
+    if "mt train: error: rank 0" in err:
+        assert "rank 1 stopped answering" in err, err[-3000:]
+    assert f'File "{MT_PACKAGE}' not in err, err[-3000:]  # torchrun's own traceback only

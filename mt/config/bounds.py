@@ -146,6 +146,7 @@ TRAIN_BOUNDS = {
     "average_last": Bound(0),
     "log_every": Bound(1),  # a modulus
     "threads": Bound(0, THREADS_MAX),
+    "dist_timeout": Bound(1.0, 86_400.0),  # one second to one day
     "max_bad_steps": Bound(1),
     "fallback_below_steps": Bound(0),
 }

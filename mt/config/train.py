@@ -100,6 +100,11 @@ class TrainLoopConfig:
     """CPU threads for PyTorch; 0 keeps its default (all cores)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    dist_timeout: float = 300.0
+    """Under torchrun: seconds a collective may wait for the other ranks before every waiting
+    rank ends the job with one sentence naming the rank that stopped answering (died, was
+    stopped, or is stuck). It must exceed the longest pause of rank 0 alone, a checkpoint
+    write; setup (preparing data, checking the run folder) is not held to it."""
     max_bad_steps: int = 5
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
     fallback_model: str = ""

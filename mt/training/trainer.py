@@ -26,7 +26,7 @@ from mt.config import TrainLoopConfig
 from mt.data import Batch, ParallelData, epoch_batches
 from mt.errors import MTError
 from mt.rundir import RunDir
-from mt.runtime import Dist, all_reduce_max, all_reduce_sum, autocast
+from mt.runtime import Dist, Heartbeat, all_reduce_max, all_reduce_sum, autocast
 from mt.tokenizer import Tokenizer
 from mt.tracking import Progress, Tracker
 from mt.training.checkpoints import save_step
@@ -80,6 +80,7 @@ class Trainer:
         self.train_data, self.valid_data, self.tokenizer = train_data, valid_data, tokenizer
         self.tracker, self.run, self.cfg = tracker, run, cfg
         self.device, self.precision, self.dist = device, precision, dist or Dist()
+        self.heartbeat = Heartbeat(self.dist.rank, 1)  # mt.train gives it the job's store
         self.clock = clock or Stopwatch()
         self.extra_state = extra_state or {}
         self.state = TrainState()
@@ -258,6 +259,7 @@ class Trainer:
         state, cfg = self.state, self.cfg
         self.clock.tick()
         self._agree_with_ranks()
+        self.heartbeat.step = state.step
         state.elapsed_s = self.clock()
         self._window.add(result)
         if state.step % cfg.log_every == 0:

@@ -50,7 +50,9 @@ def _translate_src(cfg: EvalConfig) -> str:
     refuse_inputs(output, run_files(run))
     translator = make_translator(run, cfg.decode, device, precision, cfg.engine)
     translate_files(translator, [cfg.src], output)
-    print(f"translations of {cfg.src} ({run.checkpoint.name}, beam {cfg.decode.beam}): {output}")
+    d = translator.decode
+    settings = f"beam {d.beam}, lenpen {d.lenpen:g}"
+    print(f"translations of {cfg.src} ({run.checkpoint.name}, {settings}): {output}")
     return output
 
 

@@ -2,7 +2,8 @@
 
 `mt train` writes a run folder and `mt translate` / `mt eval` read it; both go through `RunDir`:
 
-    RUN_DIR/config.yaml  train.log  results.json  vocab.json  .lock  <SentencePiece model(s)>
+    RUN_DIR/config.yaml  train.log  results.json  decoding.json  vocab.json  .lock
+    RUN_DIR/<SentencePiece model(s)>
     RUN_DIR/tensorboard/
     RUN_DIR/checkpoints/step_<N>.pt  last.pt  best.pt  averaged.pt  final.pt
 """
@@ -81,6 +82,11 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.root / "results.json"
+
+    @property
+    def decoding(self) -> Path:
+        """The search settings `mt train` tuned on validation (see mt.decode.run.tuned_decoding)."""
+        return self.root / "decoding.json"
 
     @property
     def vocab(self) -> Path:

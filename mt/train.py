@@ -33,7 +33,7 @@ from mt.runtime import (
     setup_hardware,
 )
 from mt.tracking import setup_logging
-from mt.training.fallback import fit_model_to_minutes
+from mt.training.fallback import faster_precision, fit_model_to_minutes
 from mt.training.final import final_scores
 from mt.training.setup import build_trainer
 from mt.training.state import TrainState
@@ -60,6 +60,8 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             torch.distributed.barrier()  # the folder is checked and cleaned before anyone reads it
         t = cfg.train
         device, precision = setup_hardware(t.device, t.precision, t.threads, dist.local_rank)
+        if t.precision == "auto" and device.type == "cpu" and precision == "bf16":
+            precision = faster_precision(cfg, manifest, data_dir, device, dist)
         if t.fallback_model:
             cfg = fit_model_to_minutes(cfg, manifest, data_dir, run, device, precision, dist)
         trainer = build_trainer(cfg, manifest, data_dir, run, device, precision, dist)

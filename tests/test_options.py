@@ -39,6 +39,7 @@ from mt.config import (
     validate_train,
     validate_translate,
 )
+from mt.decode.run import tuned_decoding
 from mt.decode.search import Limits, length_penalty
 from tests.test_cli import assert_clean_error, mt
 
@@ -99,11 +100,11 @@ GROUPS: list[tuple[type, str, Build]] = [
     (SpmConfig, "spm.", _spm),
     (PrepareConfig, "", _prepare),
 ]
-NUMERIC = [
-    pytest.param(build, prefix + f.name, f.name, f.type, id=prefix + f.name)
+NUMERIC = [  # optional numbers (decode.beam: None is the run's own) are numbers when set
+    pytest.param(build, prefix + f.name, f.name, f.type.removesuffix(" | None"), id=prefix + f.name)
     for cls, prefix, build in GROUPS
     for f in fields(cls)
-    if f.type in ("int", "float")
+    if f.type.removesuffix(" | None") in ("int", "float")
 ]
 FLOATS = [p for p in NUMERIC if p.values[3] == "float"]
 
@@ -217,9 +218,13 @@ def test_sizes_that_can_exhaust_memory_say_how_to_allow_them(build, key, value):
         validate_serve(ServeConfig(run_dir="r", serve=options))
 
 
-def test_nbest_over_beam_names_both():
+def test_nbest_over_beam_names_both(tmp_path):
     with pytest.raises(ConfigError, match="decode.nbest=6 exceeds decode.beam=5"):
-        validate_decode(DecodeConfig(nbest=6))
+        validate_decode(DecodeConfig(beam=5, nbest=6))
+    # an unset beam is the run's (here mt's default, 5), checked once it is known
+    validate_decode(DecodeConfig(nbest=6))
+    with pytest.raises(ConfigError, match="decode.nbest=6 exceeds decode.beam=5"):
+        validate_decode(tuned_decoding(tmp_path, DecodeConfig(nbest=6)))
 
 
 @pytest.mark.parametrize("weights", [[math.nan, 1.0], [1.0, math.inf], [-1.0, 2.0], [0.0, 0.0]])

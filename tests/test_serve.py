@@ -91,7 +91,7 @@ class _Blocking:
     sentences of each call in `calls`."""
 
     def __init__(self) -> None:
-        self.decode = DecodeConfig()
+        self.decode = DecodeConfig(beam=5, lenpen=1.0)  # a Translator's settings are resolved
         self.run = SimpleNamespace(
             checkpoint=Path("stub.pt"), src_tok=_WordTokenizer(), max_len=1024
         )

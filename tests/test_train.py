@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from mt.checkpoint import load_checkpoint
 from mt.decode.greedy import greedy_search
 from mt.decode.search import Limits
 from mt.model import transformer
+from mt.runtime import bf16_supported
 from mt.shards import Shard
 from mt.tokenizer import BOS_ID, EOS_ID
 from mt.train import run_train
@@ -59,6 +61,24 @@ def test_bf16_autocast_trains_on_cpu(prepared_dir, tmp_path):
     )
     assert results["step"] == 6
     assert torch.isfinite(torch.tensor(results["history"][-1]["valid/loss"]))
+
+
+def test_auto_precision_on_cpu_trains_in_the_faster_of_bf16_and_fp32(prepared_dir, tmp_path):
+    """train.precision=auto times bf16 and fp32 updates where the CPU has both, and trains in
+    the faster, saying so with both times; without native bf16 it is fp32, with no probe."""
+    run = tmp_path / "run"
+    run_train(train_config(prepared_dir, run, "train.max_steps=2", "train.precision=auto"))
+    log = (run / "train.log").read_text()
+    if bf16_supported(torch.device("cpu")):
+        probe = re.search(r"precision=auto: ([\d.]+) s per update in bf16, ([\d.]+) s in fp32 "
+                          r"here: training in (bf16|fp32)", log)  # fmt: skip
+        assert probe, log
+        bf16_s, fp32_s, chosen = float(probe[1]), float(probe[2]), probe[3]
+        assert chosen == ("bf16" if bf16_s <= fp32_s else "fp32")
+    else:
+        assert "precision=auto:" not in log
+        chosen = "fp32"
+    assert f"cpu, {chosen}," in log  # the run trains in the chosen precision
 
 
 def test_run_folder_contents(prepared_dir, tmp_path):

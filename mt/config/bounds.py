@@ -93,7 +93,9 @@ def check_bounds(
     prefix = f"{group}." if group else ""
     large_key = None if allow_large else f"{group}.allow_large"
     for name, bound in bounds.items():
-        check_value(prefix + name, getattr(obj, name), bound, large_key)
+        value = getattr(obj, name)
+        if value is not None:  # an unset optional value (e.g. decode.beam: the run's own)
+            check_value(prefix + name, value, bound, large_key)
 
 
 def check_list(key: str, values: list[float], bound: Bound) -> None:

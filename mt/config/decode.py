@@ -11,13 +11,15 @@ from typing import Any
 class DecodeConfig:
     """Search settings of `mt translate` and `mt eval`."""
 
-    beam: int = 5
-    """Beam size; 1 is greedy search (its own fast path). Above 1000 needs allow_large."""
+    beam: int | None = None
+    """Beam size; 1 is greedy search (its own fast path). Above 1000 needs allow_large. Unset:
+    the beam size `mt train` tuned for the run on validation (RUN_DIR/decoding.json), else 5."""
     nbest: int = 1
     """Hypotheses written per input line (at most beam); >1 writes `line<TAB>score<TAB>text`."""
-    lenpen: float = 1.0
+    lenpen: float | None = None
     """GNMT length penalty exponent alpha: score = logprob / ((5 + len) / 6) ** alpha; 0 to 10
-    (0 ranks by total log-probability; 10 already favours long outputs overwhelmingly)."""
+    (0 ranks by total log-probability; 10 already favours long outputs overwhelmingly). Unset:
+    the value `mt train` tuned for the run on validation (RUN_DIR/decoding.json), else 1.0."""
     max_len_a: float = 1.2
     """Longest output = max_len_a * source tokens + max_len_b (0 to 100); a one-token source must
     be allowed at least one token."""

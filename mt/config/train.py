@@ -78,8 +78,9 @@ class TrainLoopConfig:
     label_smoothing: float = 0.1
     """Label smoothing epsilon."""
     precision: str = "auto"
-    """auto | bf16 | fp16 | fp32; auto picks bf16 where the device multiplies bf16 natively, else
-    fp32 (bf16 on a CPU without native bf16 matmuls is refused)."""
+    """auto | bf16 | fp16 | fp32. auto: on CUDA bf16 where supported; on a CPU that multiplies
+    bf16 natively, bf16 or fp32, whichever a few timed updates of this model run faster (logged
+    with both times); else fp32. bf16 on a CPU without native bf16 matmuls is refused."""
     device: str = "auto"
     """auto | cpu | cuda (auto: cuda when available)."""
     seed: int = 1
@@ -100,6 +101,14 @@ class TrainLoopConfig:
     """CPU threads for PyTorch; 0 keeps its default (all cores)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    tune_decoding: bool = True
+    """At the end, decode validation with the final checkpoint under every train.tune_beams x
+    train.tune_lenpens pair and store the best by BLEU in RUN_DIR/decoding.json: the beam and
+    lenpen that `mt translate`, `mt eval`, `mt serve` and exports use unless told otherwise."""
+    tune_beams: list[int] = field(default_factory=lambda: [4, 5])
+    """Beam sizes tried by train.tune_decoding."""
+    tune_lenpens: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.4, 1.8])
+    """Length penalties tried by train.tune_decoding."""
     dist_timeout: float = 300.0
     """Under torchrun: seconds a collective may wait for the other ranks before every waiting
     rank ends the job with one sentence naming the rank that stopped answering (died, was

@@ -110,6 +110,13 @@ def validate_train(cfg: TrainConfig) -> None:
     t = cfg.train
     check_bounds(t, TRAIN_BOUNDS, "train")
     check_list("train.betas", t.betas, Bound(0.0, 1.0, open_high=True))
+    check_list("train.tune_beams", t.tune_beams, DECODE_BOUNDS["beam"])
+    check_list("train.tune_lenpens", t.tune_lenpens, DECODE_BOUNDS["lenpen"])
+    if t.tune_decoding and not (t.tune_beams and t.tune_lenpens):
+        raise ConfigError(
+            "train.tune_decoding=true needs at least one train.tune_beams and one "
+            "train.tune_lenpens value (or set train.tune_decoding=false)."
+        )
     _check_choice("train.precision", t.precision, ("auto", "bf16", "fp16", "fp32"))
     _check_choice("train.device", t.device, ("auto", "cpu", "cuda"))
     _check_choice("train.schedule", t.schedule, ("inverse_sqrt", "linear"))
@@ -140,7 +147,7 @@ def validate_decode(decode: DecodeConfig) -> None:
             "layer) or a layer index from 0."
         )
     check_bounds(decode, DECODE_BOUNDS, "decode", decode.allow_large)
-    if decode.nbest > decode.beam:
+    if decode.beam is not None and decode.nbest > decode.beam:
         raise ConfigError(f"decode.nbest={decode.nbest} exceeds decode.beam={decode.beam}.")
     if int(decode.max_len_a + decode.max_len_b) < 1:  # the cap of a one-token source
         raise ConfigError(
@@ -166,7 +173,7 @@ def validate_serve(cfg: ServeConfig) -> None:
     check_bounds(s, SERVE_BOUNDS, "serve", s.allow_large)
     check_value("port", cfg.port, PORT_BOUND)
     check_value("threads", cfg.threads, THREADS_BOUND)
-    if cfg.decode.beam > s.max_beam:
+    if cfg.decode.beam is not None and cfg.decode.beam > s.max_beam:
         raise ConfigError(f"decode.beam={cfg.decode.beam} exceeds serve.max_beam={s.max_beam}.")
     if cfg.decode.sampling:
         raise ConfigError("decode.sampling=true is not supported by mt serve; use beam search.")

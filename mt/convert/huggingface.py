@@ -22,8 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from mt import __version__
+from mt.config import DecodeConfig
 from mt.convert import hf_layout as hf
 from mt.convert.source import Source, check_representable, missing_extra, pieces, positions_table
+from mt.decode.run import tuned_decoding
 from mt.errors import MTError
 from mt.model.transformer import Seq2Seq
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -162,6 +164,9 @@ def write_huggingface(source: Source, out_dir: Path) -> None:
     model = _hf_model(source)
     model.generation_config.decoder_start_token_id = BOS_ID
     model.generation_config.max_length = source.model_args["max_positions"]
+    # the run's tuned beam (transformers' length_penalty is another formula than mt's GNMT
+    # lenpen, so only the beam carries over; the model card names both)
+    model.generation_config.num_beams = _tuned(source).beam
     model.save_pretrained(str(out_dir))
     _tokenizer_files(source, out_dir)
     (out_dir / "README.md").write_text(model_card(source), encoding="utf-8")
@@ -185,7 +190,7 @@ def model_card(source: Source) -> str:
         "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
         'tok = AutoTokenizer.from_pretrained("PATH")',
         'model = AutoModelForSeq2SeqLM.from_pretrained("PATH")',
-        'out = model.generate(**tok(["A dog runs."], return_tensors="pt"), num_beams=5)',
+        'out = model.generate(**tok(["A dog runs."], return_tensors="pt"))',
         "print(tok.batch_decode(out, skip_special_tokens=True))",
         "```",
         "",
@@ -196,6 +201,10 @@ def model_card(source: Source) -> str:
         f"{hp['positions']} positions, vocabulary {hp['tgt_vocab_size']}; input is expected in "
         f"Unicode {source.normalize}.",
         "",
+        f"`generate` searches with beam {_tuned(source).beam} by default, the beam mt tuned "
+        f"for this run on validation; mt decodes it with beam {_tuned(source).beam} and GNMT "
+        f"length penalty {_tuned(source).lenpen:g}.",
+        "",
         "## Training",
         "",
         f"Checkpoint `{source.checkpoint.name}` (sha256 {source.checkpoint_sha256[:16]}...), "
@@ -203,6 +212,11 @@ def model_card(source: Source) -> str:
         "",
     ]
     return "\n".join(lines + _score_lines(results)) + "\n"
+
+
+def _tuned(source: Source) -> DecodeConfig:
+    """The search settings the run decodes with (RUN_DIR/decoding.json, else mt's defaults)."""
+    return tuned_decoding(source.run.root, DecodeConfig())
 
 
 def _score_lines(results: dict[str, Any]) -> list[str]:

@@ -35,7 +35,7 @@ from mt.convert.source import load_source, missing_extra
 from mt.corpus import file_sha256
 from mt.decode.ensemble import Ensemble
 from mt.decode.inputs import one_line, output_caps, prefix_ids, prepare_ids
-from mt.decode.run import LoadedRun, for_target
+from mt.decode.run import LoadedRun, for_target, tuned_decoding
 from mt.decode.search import length_penalty
 from mt.errors import MTError
 
@@ -64,6 +64,7 @@ class CT2Translator:
     """`Translator`'s interface (translate, decode) over a CTranslate2 model of the run."""
 
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
+        decode = tuned_decoding(run.run_dir, decode)
         try:
             import ctranslate2
         except ImportError:  # an optional extra: mt[export]

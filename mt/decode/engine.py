@@ -7,9 +7,9 @@ from typing import Protocol
 
 import torch
 
-from mt.config import DecodeConfig
+from mt.config import DecodeConfig, validate_decode
 from mt.decode.ct2 import CT2Translator
-from mt.decode.run import LoadedRun
+from mt.decode.run import LoadedRun, tuned_decoding
 from mt.decode.torch_engine import TorchTranslator
 from mt.errors import MTError
 from mt.runtime import setup_hardware
@@ -19,7 +19,7 @@ class Translator(Protocol):
     """What every engine offers: its run and settings, and n-best lists for lines of text."""
 
     run: LoadedRun
-    decode: DecodeConfig
+    decode: DecodeConfig  # resolved: beam and lenpen set (`tuned_decoding`)
 
     def translate(
         self,
@@ -39,7 +39,10 @@ ENGINES = ("torch", "ctranslate2")
 def make_translator(
     run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str, engine: str
 ) -> Translator:
-    """mt's own search (engine=torch) or CTranslate2's on an export of the run."""
+    """mt's own search (engine=torch) or CTranslate2's on an export of the run, searching with
+    the settings tuned for the run where `decode` leaves them unset (`tuned_decoding`)."""
+    decode = tuned_decoding(run.run_dir, decode)
+    validate_decode(decode)  # e.g. decode.nbest against the run's tuned beam
     if engine not in ENGINES:
         raise MTError(f"engine={engine!r} is not one of {', '.join(ENGINES)}.")
     if engine == "ctranslate2":

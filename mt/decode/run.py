@@ -1,10 +1,12 @@
 """A trained run loaded for decoding: `LoadedRun` (model, tokenizers, limits, languages),
 `load_run` (one checkpoint, or several as an ensemble), `for_target` (a multilingual run's
-target language), and the files of a run that an output must never replace."""
+target language), the files of a run that an output must never replace, and the search
+settings tuned for the run (`tuned_decoding`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 
 from mt.checkpoint import load_checkpoint
+from mt.config import DecodeConfig
 from mt.decode.ensemble import Ensemble
 from mt.errors import MTError
 from mt.model import transformer
@@ -140,3 +143,35 @@ def as_list(value: Any) -> list[str]:
     if value is None:
         return []
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+DEFAULT_BEAM, DEFAULT_LENPEN = 5, 1.0
+
+
+def tuned_decoding(run_dir: Path | None, decode: DecodeConfig) -> DecodeConfig:
+    """`decode` with the search settings left unset (beam, lenpen: None) filled in: the values
+    `mt train` tuned for the run on validation (RUN_DIR/decoding.json), else 5 and 1.0. What
+    the user set is kept.
+
+    Raises:
+        MTError: If decoding.json is not the JSON object `mt train` writes (one sentence).
+    """
+    if decode.beam is not None and decode.lenpen is not None:
+        return decode
+    tuned: dict[str, Any] = {}
+    path = RunDir(run_dir).decoding if run_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            tuned = json.loads(path.read_text(encoding="utf-8"))
+            beam, lenpen = int(tuned["beam"]), float(tuned["lenpen"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MTError(
+                f"{path} is not the decoding settings `mt train` writes ({exc}); delete it to "
+                "decode with beam 5 and lenpen 1.0, or set decode.beam and decode.lenpen."
+            ) from None
+        tuned = {"beam": beam, "lenpen": lenpen}
+    return dataclasses.replace(
+        decode,
+        beam=decode.beam if decode.beam is not None else tuned.get("beam", DEFAULT_BEAM),
+        lenpen=decode.lenpen if decode.lenpen is not None else tuned.get("lenpen", DEFAULT_LENPEN),
+    )

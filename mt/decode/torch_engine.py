@@ -26,7 +26,7 @@ from mt.decode.ensemble import Ensemble
 from mt.decode.greedy import greedy_search, sample
 from mt.decode.inputs import constraint_ids, limits_for, one_line, prefix_ids, prepare_ids
 from mt.decode.layout import for_decoding
-from mt.decode.run import LoadedRun, for_target
+from mt.decode.run import LoadedRun, for_target, tuned_decoding
 from mt.decode.search import Hypothesis
 from mt.decode.shortlist import ShortlistTable, load_shortlist
 from mt.errors import MTError
@@ -51,6 +51,7 @@ class TorchTranslator:
     """engine=torch: translates lists of sentences with one loaded run and decode settings."""
 
     def __init__(self, run: LoadedRun, decode: DecodeConfig, device: torch.device, precision: str):
+        decode = tuned_decoding(run.run_dir, decode)
         if decode.ensemble_weights is not None:
             run = dataclasses.replace(run, model=_reweighted(run.model, decode.ensemble_weights))
         # int8 linear layers and output projection, or the fp32 one in oneDNN layout: on a copy

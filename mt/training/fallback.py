@@ -1,8 +1,13 @@
-"""train.fallback_model: time a few updates of the configured model on this machine and train
-the narrower preset instead when too few updates would fit in train.max_minutes.
+"""Choices made by timing a few updates on this machine before training:
 
-A run with checkpoints keeps the model they were trained with; the log says which was chosen
-and why.
+- train.fallback_model: train the narrower preset instead when too few updates of the
+  configured model would fit in train.max_minutes. A run with checkpoints keeps the model they
+  were trained with.
+- train.precision=auto on a CPU with native bf16 matmuls: bf16 or fp32, whichever updates
+  faster for this model here (a narrow model can update faster in fp32, whose kernels skip
+  the casts). On CUDA, auto is bf16 where supported, without a probe.
+
+The log says what was chosen and why.
 """
 
 from __future__ import annotations
@@ -121,6 +126,24 @@ def _seconds_per_update(
         if time.perf_counter() - start > budget_s:
             break
     return (time.perf_counter() - start) / timed
+
+
+def faster_precision(
+    cfg: TrainConfig, manifest: Manifest, data_dir: Path, device: torch.device, dist: Dist
+) -> str:
+    """bf16 or fp32, whichever takes less time per update of the configured model on the
+    run's first batches (the slowest rank counts); for train.precision=auto on a CPU that has
+    both. `python scripts/bench_train.py --presets mini,small` compares them at length."""
+    timed = {}
+    for precision in ("bf16", "fp32"):
+        seconds = _seconds_per_update(cfg, manifest, data_dir, device, precision, dist, 4.0)
+        timed[precision] = all_reduce_max([seconds], device)[0]
+    chosen = min(timed, key=timed.get)
+    log.info(
+        "precision=auto: %.3f s per update in bf16, %.3f s in fp32 here: training in %s",
+        timed["bf16"], timed["fp32"], chosen,
+    )  # fmt: skip
+    return chosen
 
 
 def _recorded_model_args(run: RunDir) -> dict[str, Any] | None:

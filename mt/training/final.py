@@ -1,5 +1,6 @@
 """The end of a training run (rank 0 alone): choose the final checkpoint on validation (best.pt,
-or averaged.pt with train.average_last), link it as final.pt, and score it on the test split.
+or averaged.pt with train.average_last), link it as final.pt, tune its search settings on
+validation (train.tune_decoding), and score it on the test split.
 
 A stop request ends either phase with `Stopped`; every checkpoint is on disk by then, so a
 re-run of the same command redoes the phase.
@@ -7,6 +8,7 @@ re-run of the same command redoes the phase.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,12 @@ from typing import Any
 from mt.checkpoint import link_checkpoint, load_checkpoint
 from mt.config import TrainConfig
 from mt.data import ParallelData
+from mt.files import write_text
 from mt.manifest import Manifest
 from mt.training.checkpoints import average_last
 from mt.training.stopping import stoppable
 from mt.training.trainer import Trainer
+from mt.training.tuning import grid, tune_decoding, tuned_summary
 from mt.training.validation import evaluate_split
 
 log = logging.getLogger("mt.train")
@@ -41,6 +45,9 @@ def final_scores(
             final, out = _average(cfg, trainer, final)
     link_checkpoint(final, run.final)
     out["final_checkpoint"] = final.name
+    if cfg.train.tune_decoding and trainer.valid_data is not None:
+        with stoppable(trainer.requested_signal, "decoding tuning"):
+            out["decoding"] = _tune(cfg, trainer, run.final)
     if not manifest.has_split("test"):
         return out
     with stoppable(trainer.requested_signal, "the final test decode"):
@@ -68,6 +75,21 @@ def _average(cfg: TrainConfig, trainer: Trainer, final: Path) -> tuple[Path, dic
     elif averaged is not None:
         final = averaged
     return final, out
+
+
+def _tune(cfg: TrainConfig, trainer: Trainer, final: Path) -> dict[str, Any]:
+    """Tune beam and lenpen of `final` on validation; write RUN_DIR/decoding.json."""
+    t, run = cfg.train, trainer.run
+    pairs = grid(t.tune_beams, t.tune_lenpens)
+    log.info("tuning decoding on validation (%d pairs): %d settings", len(trainer.valid_data),
+             len(pairs))  # fmt: skip
+    tuning = tune_decoding(
+        run.root, final, trainer.valid_data, pairs, trainer.device, trainer.precision,
+        stop=lambda: trainer.requested_signal,
+    )  # fmt: skip
+    write_text(run.decoding, json.dumps(tuning, indent=2) + "\n")
+    log.info("%s", tuned_summary(tuning))
+    return tuning
 
 
 def _test_scores(

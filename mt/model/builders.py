@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import torch
 from torch import nn
 
 from mt.config import ModelConfig, validate_model
@@ -53,8 +54,10 @@ def _embeddings(tokens: nn.Embedding, hp: ModelConfig) -> Embeddings:
     if hp.positions == "learned":
         positions = LearnedPositions(hp.max_positions, hp.d_model)
     elif hp.positions == "sinusoidal":
-        positions = SinusoidalPositions(hp.max_positions, hp.d_model)
-    return Embeddings(tokens, positions, hp.dropout)
+        positions = SinusoidalPositions(
+            hp.max_positions, hp.d_model, hp.sinusoid, hp.position_offset
+        )
+    return Embeddings(tokens, positions, hp.dropout, hp.scale_embeddings)
 
 
 def _layer_kwargs(hp: ModelConfig) -> dict[str, Any]:
@@ -111,6 +114,10 @@ def transformer(
     share_embeddings: bool = True,
     max_relative_positions: int = 0,
     attn_window: int = 0,
+    scale_embeddings: bool = True,
+    sinusoid: str = "vaswani",
+    position_offset: int = 0,
+    output_bias: bool = False,
     pad_id: int = 0,
 ) -> Seq2Seq:
     """Build an encoder-decoder Transformer.
@@ -126,7 +133,7 @@ def transformer(
         dropout: Dropout on embeddings+positions and on every residual branch.
         attn_dropout: Dropout on attention probabilities (inside SDPA, training only).
         act_dropout: Dropout after the feed-forward activation.
-        activation: "relu" or "gelu".
+        activation: "relu", "gelu" or "swish" (SiLU).
         norm: "pre" (LayerNorm before each sublayer plus a final one per stack) or "post".
         positions: "sinusoidal" | "learned" (embeddings) | "rope" | "relative" (self-attention).
         max_positions: Longest source/target sequence the sinusoidal/learned positions cover.
@@ -134,6 +141,12 @@ def transformer(
             vocabularies); else separate source and target ones, the output tied to the target.
         max_relative_positions: k > 0 clips relative distances (positions="relative" only).
         attn_window: W > 0: self-attention sees W positions either side (decoder: back); 0: all.
+        scale_embeddings: Multiply token embeddings by sqrt(D) before adding positions.
+        sinusoid: Layout of the sinusoidal table: "vaswani" | "marian" | "fairseq"
+            (`mt.model.layers.sinusoidal_table`).
+        position_offset: Added to positions before the sinusoidal lookup (M2M100: 2).
+        output_bias: A fixed bias [V] on the logits (a buffer, zero until an import fills it;
+            -inf marks ids never emitted).
         pad_id: Padding id; its embedding row starts at zero and gets no gradient from lookups.
 
     Returns:
@@ -151,4 +164,5 @@ def transformer(
     src_tokens = (
         tgt_tokens if share_embeddings else _token_embedding(src_vocab_size, d_model, pad_id)
     )
-    return Seq2Seq(_encoder(src_tokens, hp), _decoder(tgt_tokens, hp), pad_id=pad_id)
+    bias = torch.zeros(tgt_vocab_size) if output_bias else None
+    return Seq2Seq(_encoder(src_tokens, hp), _decoder(tgt_tokens, hp), pad_id, bias)

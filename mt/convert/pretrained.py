@@ -1,0 +1,259 @@
+"""What importing a Hugging Face translation model shares across families: the id mapping that
+keeps mt's special ids, the BART-style layer weights in both directions, and `Imported`.
+
+mt's pad, unk, bos and eos sit at ids 0-3 (`mt.tokenizer`); Marian and M2M100 put theirs
+elsewhere and start decoding from pad (Marian) or eos (M2M100), which mt's search calls bos. An
+import therefore reorders the model's vocabulary: `IdMap.rows[i]` is the model row that mt id i
+reads. mt's 0-3 read the model's pad, unk, decoder-start and eos rows; the other ids follow in
+the model's order. Where the decoder start is already pad or eos, mt's bos row is a copy of that
+row (the only extra row) and its output bias is -inf, so it is never emitted and every log-prob
+equals the model's. `IdMap.inverse` gives each model row back the mt row that plays its part in
+the model (bos for Marian's pad, which starts decoding; eos for M2M100's eos), so a re-export of
+an untouched import holds exactly the source's tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mt.model.layers import DecoderLayer, EncoderLayer
+from mt.model.transformer import Seq2Seq
+from mt.tokenizer import BOS_ID, PAD_ID, VOCAB_FORMAT
+
+# The names of the Hugging Face models mt imports and exports back, by family.
+MARIAN, M2M100 = "MarianMTModel", "M2M100ForConditionalGeneration"
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """mt ids -> model rows for one side's vocabulary.
+
+    Args:
+        rows: Model row of each mt id [V'].
+        model_size: V, the model's vocabulary size.
+    """
+
+    rows: tuple[int, ...]
+    model_size: int
+
+    @classmethod
+    def build(cls, model_size: int, pad: int, unk: int, start: int, eos: int) -> IdMap:
+        """mt's pad, unk, bos, eos from the model's pad, unk, decoder-start and eos rows, then
+        every other row in the model's order."""
+        specials = (pad, unk, start, eos)
+        rest = [r for r in range(model_size) if r not in specials]
+        return cls((*specials, *rest), model_size)
+
+    @property
+    def extra(self) -> list[int]:
+        """mt ids whose model row another mt id already reads: mt's bos where the decoder starts
+        from pad or eos (any other repeat, the later id)."""
+        seen: set[int] = set()
+        out = []
+        for i in [i for i in range(len(self.rows)) if i != BOS_ID] + [BOS_ID]:
+            if self.rows[i] in seen:
+                out.append(i)
+            seen.add(self.rows[i])
+        return sorted(out)
+
+    @property
+    def ids(self) -> list[int]:
+        """The mt id of each model row [V]: the one that is not extra (what the model's ids
+        become in mt's terms)."""
+        extra, out = set(self.extra), [-1] * self.model_size
+        for i, r in enumerate(self.rows):
+            if i not in extra:
+                out[r] = i
+        return out
+
+    def _canonical(self, i: int) -> int:
+        """The mt id that is not extra among those reading mt id i's model row."""
+        extra = set(self.extra)
+        return next(j for j, r in enumerate(self.rows) if r == self.rows[i] and j not in extra)
+
+    @property
+    def inverse(self) -> list[int]:
+        """The mt id each model row is exported from [V]: where two mt ids read one row, the
+        one the model uses that row as (any id before bos, bos before pad)."""
+        order = [PAD_ID, BOS_ID] + [i for i in range(len(self.rows)) if i not in (PAD_ID, BOS_ID)]
+        inverse = [-1] * self.model_size
+        for i in order:  # later ids overwrite: pad first, bos next, the rest last
+            inverse[self.rows[i]] = i
+        return inverse
+
+    def first(self, x: Tensor) -> Tensor:
+        """mt rows [V', ...] with each extra row replaced by the row of the earlier id that
+        reads the same model row (`to_model(first(bias))` exports a bias without the extra
+        rows' -inf)."""
+        x = x.clone()
+        for i in self.extra:
+            x[i] = x[self._canonical(i)]
+        return x
+
+    def to_mt(self, x: Tensor) -> Tensor:
+        """Model rows [V, ...] -> mt rows [V', ...]."""
+        return x[torch.tensor(self.rows)]
+
+    def to_model(self, x: Tensor) -> Tensor:
+        """mt rows [V', ...] -> model rows [V, ...]."""
+        return x[torch.tensor(self.inverse)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "model_size": self.model_size}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> IdMap:
+        return cls(tuple(data["rows"]), int(data["model_size"]))
+
+
+@dataclass
+class Imported:
+    """A Hugging Face model made into mt's terms, ready to be written as a run folder.
+
+    Args:
+        family: MARIAN or M2M100.
+        model: The mt model holding the weights.
+        model_args: The builder arguments that rebuild `model`.
+        src_map, tgt_map: The id maps of the two sides (one object when shared).
+        vocab_files: Vocabulary file name -> its JSON (`mt.tokenizer.VocabTokenizer`), by side.
+        spm_files: SentencePiece files to copy into the run folder, by their name there.
+        data: What the run says about its languages (`direction`, `tags`, `src_lang`).
+        config: The source's config and generation config as dicts (for the manifest and a
+            re-export).
+    """
+
+    family: str
+    model: Seq2Seq
+    model_args: dict[str, Any]
+    src_map: IdMap
+    tgt_map: IdMap
+    vocab_files: dict[str, tuple[str, dict[str, Any]]]
+    spm_files: dict[str, str]
+    data: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def output_bias(tgt_map: IdMap, model_bias: Tensor | None, banned: list[int]) -> Tensor:
+    """The mt output bias [V']: the model's bias per row (zero without one), -inf at mt's extra
+    rows and at the model ids in `banned` (bad words the model's generation config bans)."""
+    bias = torch.zeros(tgt_map.model_size) if model_bias is None else model_bias.float().clone()
+    bias[banned] = float("-inf")
+    mt_bias = tgt_map.to_mt(bias)
+    mt_bias[tgt_map.extra] = float("-inf")
+    return mt_bias
+
+
+# --- layer weights: Hugging Face BART-style names <-> mt modules ------------------------------
+
+
+def _cat(state: dict[str, Tensor], prefix: str, names: tuple[str, ...], what: str) -> Tensor:
+    return torch.cat([state[f"{prefix}.{n}_proj.{what}"] for n in names])
+
+
+def _set_linear(linear: nn.Module, state: dict[str, Tensor], name: str) -> None:
+    linear.weight.data.copy_(state[f"{name}.weight"])
+    linear.bias.data.copy_(state[f"{name}.bias"])
+
+
+def _set_fused(linear: nn.Linear, state: dict[str, Tensor], prefix: str, names: tuple[str, ...]):
+    linear.weight.data.copy_(_cat(state, prefix, names, "weight"))
+    linear.bias.data.copy_(_cat(state, prefix, names, "bias"))
+
+
+def load_encoder_layer(layer: EncoderLayer, state: dict[str, Tensor], p: str) -> None:
+    """Copy encoder layer `p` (e.g. model.encoder.layers.0) of a BART-style model into mt's."""
+    _set_fused(layer.self_attn.qkv, state, f"{p}.self_attn", ("q", "k", "v"))
+    _set_linear(layer.self_attn.out, state, f"{p}.self_attn.out_proj")
+    _set_linear(layer.norm1, state, f"{p}.self_attn_layer_norm")
+    _set_linear(layer.ffn.fc1, state, f"{p}.fc1")
+    _set_linear(layer.ffn.fc2, state, f"{p}.fc2")
+    _set_linear(layer.norm2, state, f"{p}.final_layer_norm")
+
+
+def load_decoder_layer(layer: DecoderLayer, state: dict[str, Tensor], p: str) -> None:
+    """Copy decoder layer `p` of a BART-style model into mt's."""
+    _set_fused(layer.self_attn.qkv, state, f"{p}.self_attn", ("q", "k", "v"))
+    _set_linear(layer.self_attn.out, state, f"{p}.self_attn.out_proj")
+    _set_linear(layer.norm1, state, f"{p}.self_attn_layer_norm")
+    _set_linear(layer.cross_attn.q, state, f"{p}.encoder_attn.q_proj")
+    _set_fused(layer.cross_attn.kv, state, f"{p}.encoder_attn", ("k", "v"))
+    _set_linear(layer.cross_attn.out, state, f"{p}.encoder_attn.out_proj")
+    _set_linear(layer.norm2, state, f"{p}.encoder_attn_layer_norm")
+    _set_linear(layer.ffn.fc1, state, f"{p}.fc1")
+    _set_linear(layer.ffn.fc2, state, f"{p}.fc2")
+    _set_linear(layer.norm3, state, f"{p}.final_layer_norm")
+
+
+def load_layers(model: Seq2Seq, state: dict[str, Tensor]) -> None:
+    """Every encoder and decoder layer of `state` (BART-style names under model.) into mt's."""
+    for i, layer in enumerate(model.encoder.layers):
+        load_encoder_layer(layer, state, f"model.encoder.layers.{i}")
+    for i, layer in enumerate(model.decoder.layers):
+        load_decoder_layer(layer, state, f"model.decoder.layers.{i}")
+
+
+def _split(prefix: str, linear: nn.Module, names: tuple[str, ...]) -> dict[str, Tensor]:
+    """A fused [n*D, D] projection as n separate `prefix.<name>_proj` weights and biases."""
+    out = {}
+    parts = zip(names, linear.weight.chunk(len(names)), linear.bias.chunk(len(names)), strict=True)
+    for name, weight, bias in parts:
+        out[f"{prefix}.{name}_proj.weight"] = weight
+        out[f"{prefix}.{name}_proj.bias"] = bias
+    return out
+
+
+def _linear(name: str, linear: nn.Module) -> dict[str, Tensor]:
+    return {f"{name}.weight": linear.weight, f"{name}.bias": linear.bias}
+
+
+def layer_weights(model: Seq2Seq) -> dict[str, Tensor]:
+    """mt's layers under BART-style names (`load_layers` backwards), detached fp32 copies."""
+    out: dict[str, Tensor] = {}
+    for i, enc in enumerate(model.encoder.layers):
+        p = f"model.encoder.layers.{i}"
+        out |= _split(f"{p}.self_attn", enc.self_attn.qkv, ("q", "k", "v"))
+        out |= _linear(f"{p}.self_attn.out_proj", enc.self_attn.out)
+        out |= _linear(f"{p}.self_attn_layer_norm", enc.norm1)
+        out |= _linear(f"{p}.fc1", enc.ffn.fc1) | _linear(f"{p}.fc2", enc.ffn.fc2)
+        out |= _linear(f"{p}.final_layer_norm", enc.norm2)
+    for i, dec in enumerate(model.decoder.layers):
+        p = f"model.decoder.layers.{i}"
+        out |= _split(f"{p}.self_attn", dec.self_attn.qkv, ("q", "k", "v"))
+        out |= _linear(f"{p}.self_attn.out_proj", dec.self_attn.out)
+        out |= _linear(f"{p}.self_attn_layer_norm", dec.norm1)
+        out |= _linear(f"{p}.encoder_attn.q_proj", dec.cross_attn.q)
+        out |= _split(f"{p}.encoder_attn", dec.cross_attn.kv, ("k", "v"))
+        out |= _linear(f"{p}.encoder_attn.out_proj", dec.cross_attn.out)
+        out |= _linear(f"{p}.encoder_attn_layer_norm", dec.norm2)
+        out |= _linear(f"{p}.fc1", dec.ffn.fc1) | _linear(f"{p}.fc2", dec.ffn.fc2)
+        out |= _linear(f"{p}.final_layer_norm", dec.norm3)
+    return {k: v.detach().float().clone() for k, v in out.items()}
+
+
+def vocab_spec(
+    pieces: list[str],
+    special: list[int],
+    spm_name: str,
+    spm_sha256: str,
+    decode_spm: str,
+    codes: bool = False,
+) -> dict[str, Any]:
+    """The JSON of a `mt.tokenizer.VocabTokenizer` vocabulary file."""
+    return {
+        "format": VOCAB_FORMAT, "spm": spm_name, "spm_sha256": spm_sha256,
+        "decode_spm": decode_spm, "codes": codes, "special": sorted(set(special)),
+        "pieces": pieces,
+    }  # fmt: skip
+
+
+def mt_pieces(id_map: IdMap, model_pieces: list[str]) -> list[str]:
+    """The piece of each mt id; mt's extra rows get a name of their own (`<s>` where the model
+    lacks it, else `<mt:start>`), so that pieces stay unique for CTranslate2's vocabularies."""
+    pieces = [model_pieces[r] for r in id_map.rows]
+    for i in id_map.extra:
+        pieces[i] = "<s>" if "<s>" not in model_pieces else "<mt:start>"
+    return pieces

@@ -1,0 +1,294 @@
+"""mt import: small random Hugging Face Marian and M2M100 (NLLB) models, saved with their
+tokenizers, imported with `mt import`, and checked against transformers: log-probs, greedy and
+beam search, tokenization, the export back, and refusals. No network: the SentencePiece models
+are trained here on a generated corpus."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sentencepiece as spm
+import torch
+
+from mt.cli import main
+from mt.convert.pretrained import IdMap
+from mt.decode.run import LoadedRun, for_target, load_run
+from mt.decode.search import Limits, beam_search, greedy_search
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+transformers = pytest.importorskip("transformers")
+
+SRC_WORDS = "the a dog cat runs sees house big small red blue man woman child eats water".split()
+TGT_WORDS = "der die das hund katze lauft sieht haus gross klein rot blau mann frau kind".split()
+MAX_LENGTH = 24  # generate's max_length: the decoder start, at most 22 tokens, eos
+N_SENTENCES = 200
+
+
+def _sentences(words: list[str], n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(2, 9))) for _ in range(n)]
+
+
+def _train_spm(prefix: Path, lines: list[str], vocab_size: int, model_type: str) -> Path:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(prefix), vocab_size=vocab_size,
+        model_type=model_type, minloglevel=2, hard_vocab_limit=False,
+    )  # fmt: skip
+    return prefix.with_suffix(".model")
+
+
+def _spm_pieces(path: Path) -> list[str]:
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_control(i)
+            and not sp.is_unknown(i)]  # fmt: skip
+
+
+def _randomize(model: Any, std: float, eos_boost: float = 4.0) -> None:
+    """Weights far from uniform predictions, so that search has clear winners, and eos a
+    little more likely, so that outputs of many lengths end before the cap."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" in name:  # computed, never saved
+                continue
+            if "layer_norm" in name:
+                p.normal_(1.0, 0.2) if name.endswith("weight") else p.normal_(0.0, 0.2)
+            else:
+                p.normal_(0.0, std)
+        eos = model.config.eos_token_id
+        embed = model.get_output_embeddings().weight
+        if model.config.model_type == "marian":
+            model.final_logits_bias[0, eos] = eos_boost
+        else:  # the decoder's final norm adds a multiple of eos's row: its logit grows by it
+            norm = model.model.decoder.layer_norm
+            norm.bias += eos_boost * embed[eos] / embed[eos].square().sum()
+
+
+@dataclass
+class Family:
+    """A saved Hugging Face model, its mt import and what the tests compare."""
+
+    folder: Path
+    run_dir: Path
+    hf: Any
+    tok: Any
+    run: LoadedRun
+    id_map: IdMap
+    forced_bos: int | None = None  # NLLB: the target language code
+
+
+def _marian(tmp: Path, *, shared: bool, activation: str, scale: bool) -> tuple[Path, Any, Any]:
+    src_lines, tgt_lines = _sentences(SRC_WORDS, 400, 1), _sentences(TGT_WORDS, 400, 2)
+    source = _train_spm(tmp / "src", src_lines, 60, "unigram")
+    target = _train_spm(tmp / "tgt", tgt_lines, 60, "unigram")
+    src_pieces, tgt_pieces = _spm_pieces(source), _spm_pieces(target)
+    if shared:
+        joint = src_pieces + [p for p in tgt_pieces if p not in src_pieces]
+        vocabs = [joint]
+    else:
+        width = max(len(src_pieces), len(tgt_pieces))
+        vocabs = [p + [f"<fill{i}>" for i in range(width - len(p))] for p in (src_pieces, tgt_pieces)]
+    tables = [{p: i for i, p in enumerate(["</s>", "<unk>", *v, "<pad>"])} for v in vocabs]
+    names = ["vocab.json", "target_vocab.json"]
+    for table, name in zip(tables, names, strict=False):
+        (tmp / name).write_text(json.dumps(table), encoding="utf-8")
+    tok = transformers.MarianTokenizer(
+        str(source), str(target), str(tmp / "vocab.json"),
+        target_vocab_file=None if shared else str(tmp / "target_vocab.json"),
+        separate_vocabs=not shared, source_lang="en", target_lang="de",
+    )  # fmt: skip
+    size = len(tables[0])
+    config = transformers.MarianConfig(
+        vocab_size=size, decoder_vocab_size=len(tables[-1]), d_model=32, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, activation_function=activation,
+        max_position_embeddings=64, pad_token_id=size - 1, eos_token_id=0,
+        decoder_start_token_id=size - 1, forced_eos_token_id=0, scale_embedding=scale,
+        share_encoder_decoder_embeddings=shared, dropout=0.1,
+    )  # fmt: skip
+    model = transformers.MarianMTModel(config).eval()
+    model.final_logits_bias.normal_(0.0, 1.0)
+    _randomize(model, 0.3)
+    folder = tmp / "hf"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, model, tok
+
+
+def _nllb(tmp: Path) -> tuple[Path, Any, Any]:
+    lines = _sentences(SRC_WORDS, 400, 1) + _sentences(TGT_WORDS, 400, 2)
+    model_file = _train_spm(tmp / "nllb", lines, 90, "bpe")
+    spm_only = tmp / "spm_only"
+    spm_only.mkdir()
+    shutil.copyfile(model_file, spm_only / "sentencepiece.bpe.model")
+    codes = ["eng_Latn", "deu_Latn", "fra_Latn"]
+    tok = transformers.NllbTokenizer.from_pretrained(
+        spm_only, extra_special_tokens=codes, src_lang="eng_Latn", tgt_lang="deu_Latn"
+    )
+    config = transformers.M2M100Config(
+        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, activation_function="relu", max_position_embeddings=64,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+        forced_eos_token_id=2, scale_embedding=True, dropout=0.1,
+    )  # fmt: skip
+    model = transformers.M2M100ForConditionalGeneration(config).eval()
+    _randomize(model, 0.3)
+    folder = tmp / "hf"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    shutil.copyfile(model_file, folder / "sentencepiece.bpe.model")  # as the hub repos hold it
+    return folder, model, tok
+
+
+def _import(folder: Path, run_dir: Path, *extra: str) -> None:
+    main(["import", f"source={folder}", f"run_dir={run_dir}", *extra])
+
+
+def _family(tmp: Path, kind: str) -> Family:
+    if kind == "nllb":
+        folder, hf, tok = _nllb(tmp)
+    else:
+        shared, activation, scale = {
+            "marian_shared_swish": (True, "swish", True),
+            "marian_separate_relu": (False, "relu", False),
+        }[kind]
+        folder, hf, tok = _marian(tmp, shared=shared, activation=activation, scale=scale)
+    run_dir = tmp / "run"
+    _import(folder, run_dir)
+    run = load_run(run_dir, None, torch.device("cpu"))
+    ckpt = torch.load(run.checkpoint, weights_only=True)
+    id_map = IdMap.from_json(ckpt["pretrained"]["tgt_map"])
+    forced = None
+    if kind == "nllb":
+        run = for_target(run, "deu_Latn")
+        forced = tok.convert_tokens_to_ids("deu_Latn")
+    hf.generation_config.bad_words_ids = None
+    return Family(folder, run_dir, hf, tok, run, id_map, forced)
+
+
+KINDS = ["marian_shared_swish", "marian_separate_relu", "nllb"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Family:
+    return _family(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def _test_sources() -> list[str]:
+    return _sentences(SRC_WORDS + ["xylophone", "zebra"], N_SENTENCES, 7)
+
+
+def _hf_inputs(fam: Family, texts: list[str]) -> dict[str, torch.Tensor]:
+    return fam.tok(texts, return_tensors="pt", padding=True)
+
+
+def _mt_sources(fam: Family, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """mt's source batch of `texts`, as the torch engine builds it: [tag] pieces eos."""
+    ids = fam.run.src_tok.encode(texts)
+    if fam.run.src_tag is not None:
+        ids = [[fam.run.src_tag, *seq] for seq in ids]
+    width = max(map(len, ids)) + 1
+    src = torch.full((len(ids), width), PAD_ID)
+    for i, seq in enumerate(ids):
+        src[i, : len(seq) + 1] = torch.tensor([*seq, EOS_ID])
+    return src, src == PAD_ID
+
+
+def _to_model(fam: Family, ids: list[int]) -> list[int]:
+    return [fam.id_map.rows[i] for i in ids]
+
+
+def test_tokenization_equals_the_hugging_face_tokenizer(family: Family) -> None:
+    texts = _test_sources()
+    hf = _hf_inputs(family, texts)
+    src, _ = _mt_sources(family, texts)
+    src_map = IdMap.from_json(torch.load(family.run.checkpoint, weights_only=True)
+                              ["pretrained"]["src_map"])  # fmt: skip
+    for i in range(len(texts)):
+        want = hf["input_ids"][i][hf["attention_mask"][i].bool()].tolist()
+        got = [src_map.rows[t] for t in src[i].tolist() if t != PAD_ID]
+        assert got == want, texts[i]
+
+
+def test_log_probs_equal_transformers(family: Family) -> None:
+    texts = _test_sources()[:64]
+    targets = _sentences(TGT_WORDS, len(texts), 11)
+    hf_in = _hf_inputs(family, texts)
+    labels = family.tok(text_target=targets, return_tensors="pt", padding=True)["input_ids"]
+    start = family.hf.config.decoder_start_token_id
+    dec_in = torch.cat([torch.full((len(texts), 1), start), labels[:, :-1]], dim=1)
+    real = torch.cat([torch.ones(len(texts), 1, dtype=torch.bool),
+                      labels[:, :-1] != family.tok.pad_token_id], dim=1)  # fmt: skip
+    with torch.no_grad():
+        hf_logits = family.hf(**hf_in, decoder_input_ids=dec_in).logits
+    hf_lp = torch.log_softmax(hf_logits.float(), dim=-1)  # [B, T, V]
+    to_mt = torch.tensor(family.id_map.ids)
+    tgt_in = torch.where(real, to_mt[dec_in], PAD_ID)
+    tgt_in[:, 0] = BOS_ID
+    src, mask = _mt_sources(family, texts)
+    with torch.no_grad():
+        mt_lp = torch.log_softmax(family.run.model(src, mask, tgt_in).float(), dim=-1)
+    diff = (mt_lp[..., to_mt] - hf_lp)[real].abs().max().item()
+    print(f"max |log-prob difference| {diff:.2e}")
+    assert diff < 1e-4
+
+
+class _EosAtItsLogProb(transformers.LogitsProcessor):
+    """Forces eos at the last position, scored at its own log-prob as mt (and fairseq) score
+    it; generate's own `forced_eos_token_id` scores it 0, which ranks capped beams otherwise."""
+
+    def __init__(self, max_length: int, eos: int) -> None:
+        self.max_length, self.eos = max_length, eos
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] != self.max_length - 1:
+            return scores
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.eos] = scores[:, self.eos]
+        return forced
+
+
+def _generate(fam: Family, texts: list[str], beams: int) -> list[list[int]]:
+    eos = fam.hf.config.eos_token_id
+    out = fam.hf.generate(
+        **_hf_inputs(fam, texts), num_beams=beams, do_sample=False, length_penalty=0.0,
+        max_length=MAX_LENGTH, min_length=0, early_stopping=False, no_repeat_ngram_size=0,
+        repetition_penalty=1.0, forced_bos_token_id=fam.forced_bos, bad_words_ids=None,
+        forced_eos_token_id=None,
+        logits_processor=transformers.LogitsProcessorList([_EosAtItsLogProb(MAX_LENGTH, eos)]),
+    )  # fmt: skip
+    seqs = []
+    for row in out.tolist():
+        row = row[1:]
+        seqs.append(row[: row.index(eos)] if eos in row else row)
+    return seqs
+
+
+def _mt_search(fam: Family, texts: list[str], beams: int) -> list[list[int]]:
+    src, mask = _mt_sources(fam, texts)
+    limits = Limits(BOS_ID, EOS_ID, max_len_a=0.0, max_len_b=MAX_LENGTH - 2)
+    prefix = None if fam.run.tgt_tag is None else torch.full((len(texts), 1), fam.run.tgt_tag)
+    model = fam.run.model
+    if beams == 1:
+        hyps = greedy_search(model, src, mask, limits, prefix)
+    else:
+        hyps = [h[0] for h in beam_search(model, src, mask, limits, beam=beams, lenpen=0.0,
+                                          prefix=prefix)]  # fmt: skip
+    return [_to_model(fam, h.tokens) for h in hyps]
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_search_equals_generate(family: Family, beams: int) -> None:
+    texts = _test_sources()
+    want = _generate(family, texts, beams)
+    got = _mt_search(family, texts, beams)
+    same = sum(g == w for g, w in zip(got, want, strict=True))
+    print(f"{same}/{len(texts)} identical outputs with {beams} beam(s)")
+    assert same == len(texts)

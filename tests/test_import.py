@@ -18,6 +18,7 @@ import torch
 
 from mt.cli import main
 from mt.convert.pretrained import IdMap
+from mt.convert.reexport import write_pretrained
 from mt.decode.run import LoadedRun, for_target, load_run
 from mt.decode.search import Limits, beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -93,7 +94,8 @@ def _marian(tmp: Path, *, shared: bool, activation: str, scale: bool) -> tuple[P
         vocabs = [joint]
     else:
         width = max(len(src_pieces), len(tgt_pieces))
-        vocabs = [p + [f"<fill{i}>" for i in range(width - len(p))] for p in (src_pieces, tgt_pieces)]
+        sides = (src_pieces, tgt_pieces)
+        vocabs = [p + [f"<fill{i}>" for i in range(width - len(p))] for p in sides]
     tables = [{p: i for i, p in enumerate(["</s>", "<unk>", *v, "<pad>"])} for v in vocabs]
     names = ["vocab.json", "target_vocab.json"]
     for table, name in zip(tables, names, strict=False):
@@ -292,3 +294,18 @@ def test_search_equals_generate(family: Family, beams: int) -> None:
     same = sum(g == w for g, w in zip(got, want, strict=True))
     print(f"{same}/{len(texts)} identical outputs with {beams} beam(s)")
     assert same == len(texts)
+
+
+def test_reexport_gives_the_source_tensors_and_tokenizer(family: Family, tmp_path: Path) -> None:
+    ckpt = torch.load(family.run.checkpoint, weights_only=True)
+    out = tmp_path / "back"
+    out.mkdir()
+    write_pretrained(family.run.model, ckpt["pretrained"], family.run_dir, out)
+    back = type(family.hf).from_pretrained(out).eval()
+    want, got = family.hf.state_dict(), back.state_dict()
+    assert got.keys() == want.keys()
+    unequal = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not unequal
+    texts = _test_sources()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok(texts)["input_ids"] == family.tok(texts)["input_ids"]

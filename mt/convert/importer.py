@@ -24,7 +24,7 @@ from mt.config import ImportConfig
 from mt.convert.export import missing_extra
 from mt.convert.m2m100 import import_m2m100
 from mt.convert.marian import import_marian, refuse
-from mt.convert.pretrained import M2M100, MARIAN, Imported
+from mt.convert.pretrained import M2M100, MARIAN, TOKENIZER_DIR, Imported
 from mt.corpus import file_sha256
 from mt.errors import MTError
 from mt.files import check_parents, fault, is_write_fault, unchanged
@@ -141,6 +141,10 @@ def write_run(staged: Path, cfg: ImportConfig, folder: Path, revision: str, imp:
     run.vocab.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
     config = {"import": OmegaConf.structured(cfg), "model": imp.model_args}
     run.config.write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
+    imp.tokenizer.save_pretrained(str(staged / TOKENIZER_DIR))
+    for name, original in imp.spm_files.items():  # NLLB's tokenizer.json comes without it
+        if not (staged / TOKENIZER_DIR / name).is_file():
+            shutil.copyfile(original, staged / TOKENIZER_DIR / name)
     info = manifest(cfg, folder, revision, imp)
     (staged / IMPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     save_checkpoint(checkpoint(imp, cfg, identity), run.final)
@@ -153,9 +157,13 @@ def check_run_dir(run_dir: Path, force: bool) -> None:
         raise MTError(f"run_dir {run_dir} is a file; name a folder.")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not (run_dir / IMPORT_INFO).is_file():
-            raise MTError(f"run_dir {run_dir} holds files that are not an mt import; choose another.")
+            raise MTError(
+                f"run_dir {run_dir} holds files that are not an mt import; choose another."
+            )
         if not force:
-            raise MTError(f"run_dir {run_dir} holds an earlier import; add force=true to replace it.")
+            raise MTError(
+                f"run_dir {run_dir} holds an earlier import; add force=true to replace it."
+            )
 
 
 def run_import(cfg: ImportConfig) -> Path:

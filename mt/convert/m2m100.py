@@ -103,6 +103,7 @@ def import_m2m100(hf_model: Any, tokenizer: Any, folder: Path, src_lang: str | N
               "tags_on": "target", "src_tag": src_code},
         config={"config": cfg.to_dict(), "generation_config": hf_model.generation_config.to_dict(),
                 "banned": {row: 0.0 for row in banned}},
+        tokenizer=tokenizer,
     )  # fmt: skip
 
 
@@ -121,5 +122,5 @@ def m2m100_weights(model: Seq2Seq, id_map: IdMap, banned: dict[int, float]) -> d
     if model.output_bias is not None:  # M2M100 has no bias: only banned ids and extra rows
         bias = model_bias(model.output_bias, id_map, banned)
         if bias.abs().max() > 0:
-            raise MTError(f"the model's output bias cannot be exported to {M2M100}, which has none.")
+            raise MTError(f"the model's output bias cannot be exported to {M2M100}: it has none.")
     return weights

@@ -154,6 +154,7 @@ def import_marian(hf_model: Any, tokenizer: Any) -> Imported:
         config={"config": cfg.to_dict(), "generation_config": hf_model.generation_config.to_dict(),
                 "tokenizer": {"separate_vocabs": bool(tokenizer.separate_vocabs)},
                 "banned": kept},
+        tokenizer=tokenizer,
     )  # fmt: skip
 
 

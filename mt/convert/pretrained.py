@@ -26,6 +26,8 @@ from mt.tokenizer import BOS_ID, PAD_ID, VOCAB_FORMAT
 
 # The names of the Hugging Face models mt imports and exports back, by family.
 MARIAN, M2M100 = "MarianMTModel", "M2M100ForConditionalGeneration"
+# The run folder's copy of the source's Hugging Face tokenizer (its save_pretrained files).
+TOKENIZER_DIR = "hf_tokenizer"
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ class Imported:
         data: What the run says about its languages (`direction`, `tags`, `src_lang`).
         config: The source's config and generation config as dicts (for the manifest and a
             re-export).
+        tokenizer: The source's Hugging Face tokenizer, saved into the run (TOKENIZER_DIR) for
+            an export back to its class.
     """
 
     family: str
@@ -135,6 +139,7 @@ class Imported:
     spm_files: dict[str, str]
     data: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None
 
 
 def output_bias(tgt_map: IdMap, model_bias: Tensor | None, banned: list[int]) -> Tensor:

@@ -95,6 +95,16 @@ def _decoder(tokens: nn.Embedding, hp: ModelConfig) -> Decoder:
     return Decoder(embed, layers, _final_norm(hp), hp.attn_window)
 
 
+def _seq2seq(hp: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int) -> Seq2Seq:
+    """Embeddings (one matrix when shared), both stacks and the output bias, if any."""
+    tgt_tokens = _token_embedding(tgt_vocab_size, hp.d_model, pad_id)
+    src_tokens = (
+        tgt_tokens if hp.share_embeddings else _token_embedding(src_vocab_size, hp.d_model, pad_id)
+    )
+    bias = torch.zeros(tgt_vocab_size) if hp.output_bias else None
+    return Seq2Seq(_encoder(src_tokens, hp), _decoder(tgt_tokens, hp), pad_id, bias)
+
+
 def transformer(
     *,
     src_vocab_size: int,
@@ -120,7 +130,8 @@ def transformer(
     output_bias: bool = False,
     pad_id: int = 0,
 ) -> Seq2Seq:
-    """Build an encoder-decoder Transformer.
+    """Build an encoder-decoder Transformer, initialised: xavier-uniform linears, zero biases,
+    normal(0, D**-0.5) embeddings.
 
     Args:
         src_vocab_size: Source vocabulary size.
@@ -141,28 +152,16 @@ def transformer(
             vocabularies); else separate source and target ones, the output tied to the target.
         max_relative_positions: k > 0 clips relative distances (positions="relative" only).
         attn_window: W > 0: self-attention sees W positions either side (decoder: back); 0: all.
-        scale_embeddings: Multiply token embeddings by sqrt(D) before adding positions.
-        sinusoid: Layout of the sinusoidal table: "vaswani" | "marian" | "fairseq"
-            (`mt.model.layers.sinusoidal_table`).
-        position_offset: Added to positions before the sinusoidal lookup (M2M100: 2).
-        output_bias: A fixed bias [V] on the logits (a buffer, zero until an import fills it;
-            -inf marks ids never emitted).
+        scale_embeddings, sinusoid, position_offset, output_bias: Token embeddings times
+            sqrt(D) or not; the sinusoidal table's layout and position offset
+            (`mt.model.layers.SinusoidalPositions`); a fixed logit bias [V] (zero until set).
         pad_id: Padding id; its embedding row starts at zero and gets no gradient from lookups.
 
-    Returns:
-        The model, initialised: xavier-uniform linears, zero biases, normal(0, D**-0.5) embeddings.
-
     Raises:
-        ValueError: If a hyperparameter is invalid (`mt.config.validate_model` checks all but the
-            vocabulary keys); the message names the key.
+        ValueError: If a hyperparameter is invalid, naming the key (`mt.config.validate_model`).
     """
     args = dict(locals())  # every ModelConfig field is an argument of the same name
     hp = ModelConfig(**{f.name: args[f.name] for f in fields(ModelConfig)})
     validate_model(hp)
     _check_vocabulary(src_vocab_size, tgt_vocab_size, pad_id, share_embeddings)
-    tgt_tokens = _token_embedding(tgt_vocab_size, d_model, pad_id)
-    src_tokens = (
-        tgt_tokens if share_embeddings else _token_embedding(src_vocab_size, d_model, pad_id)
-    )
-    bias = torch.zeros(tgt_vocab_size) if output_bias else None
-    return Seq2Seq(_encoder(src_tokens, hp), _decoder(tgt_tokens, hp), pad_id, bias)
+    return _seq2seq(hp, src_vocab_size, tgt_vocab_size, pad_id)

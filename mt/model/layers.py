@@ -19,7 +19,11 @@ from mt.model.packing import Packing
 from mt.model.positions import rotate_by
 
 # swish is SiLU, x * sigmoid(x): most OPUS-MT (Marian) models use it
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "swish": F.silu,
+}
 
 # Layouts of the sinusoidal position table (`sinusoidal_table`), by the toolkit that uses them.
 SINUSOIDS = ("vaswani", "marian", "fairseq")

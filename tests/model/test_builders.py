@@ -87,7 +87,9 @@ def test_preset_returns_seq2seq_with_pad_id() -> None:
     ("change", "key"),
     [
         ({"d_model": 250, "n_heads": 4}, "model.d_model=250 is not divisible by model.n_heads=4"),
-        ({"activation": "swish"}, "model.activation"),
+        ({"activation": "mish"}, "model.activation"),
+        ({"sinusoid": "t5"}, "model.sinusoid"),
+        ({"position_offset": -1}, "model.position_offset"),
         ({"norm": "sandwich"}, "model.norm"),
         ({"positions": "rotary"}, "model.positions"),
         ({"tgt_vocab_size": 41}, "model.share_embeddings"),

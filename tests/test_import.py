@@ -84,7 +84,9 @@ class Family:
     forced_bos: int | None = None  # NLLB: the target language code
 
 
-def _marian(tmp: Path, *, shared: bool, activation: str, scale: bool) -> tuple[Path, Any, Any]:
+def _marian(
+    tmp: Path, *, shared: bool, activation: str, scale: bool, **options: Any
+) -> tuple[Path, Any, Any]:
     src_lines, tgt_lines = _sentences(SRC_WORDS, 400, 1), _sentences(TGT_WORDS, 400, 2)
     source = _train_spm(tmp / "src", src_lines, 60, "unigram")
     target = _train_spm(tmp / "tgt", tgt_lines, 60, "unigram")
@@ -114,6 +116,8 @@ def _marian(tmp: Path, *, shared: bool, activation: str, scale: bool) -> tuple[P
         decoder_start_token_id=size - 1, forced_eos_token_id=0, scale_embedding=scale,
         share_encoder_decoder_embeddings=shared, dropout=0.1,
     )  # fmt: skip
+    for key, value in options.items():
+        setattr(config, key, value)
     model = transformers.MarianMTModel(config).eval()
     model.final_logits_bias.normal_(0.0, 1.0)
     _randomize(model, 0.3)
@@ -309,3 +313,87 @@ def test_reexport_gives_the_source_tensors_and_tokenizer(family: Family, tmp_pat
     texts = _test_sources()
     tok = transformers.AutoTokenizer.from_pretrained(out)
     assert tok(texts)["input_ids"] == family.tok(texts)["input_ids"]
+
+
+def _translate_args(fam: Family, beams: int) -> list[str]:
+    args = [
+        f"run_dir={fam.run_dir}", f"decode.beam={beams}", "decode.lenpen=0", "decode.max_len_a=0",
+        f"decode.max_len_b={MAX_LENGTH - 2}", "device=cpu", "precision=fp32",
+    ]  # fmt: skip
+    return args + (["decode.tgt_lang=deu_Latn"] if fam.forced_bos is not None else [])
+
+
+def test_mt_translate_writes_what_generate_decodes(family: Family, tmp_path: Path) -> None:
+    texts = _test_sources()[:50]
+    src, hyp = tmp_path / "src.txt", tmp_path / "hyp.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    main(["translate", *_translate_args(family, 4), f"input={src}", f"output={hyp}"])
+    eos = family.hf.config.eos_token_id
+    ids = _generate(family, texts, 4)
+    want = family.tok.batch_decode([[*seq, eos] for seq in ids], skip_special_tokens=True)
+    assert hyp.read_text(encoding="utf-8").splitlines() == want
+
+
+def _refusal(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The one sentence `mt import` ends with (exit status 2)."""
+    capsys.readouterr()  # what the test itself wrote before
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mt import: error: ")
+    return err[0]
+
+
+def test_a_hub_id_offline_says_how_to_pass_a_local_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as a machine without network: nothing to reach
+    msg = _refusal(capsys, "source=Helsinki-NLP/opus-mt-en-de", f"run_dir={tmp_path / 'run'}")
+    assert "could not be downloaded" in msg and "source=DIR" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_another_architecture_is_refused_naming_its_class(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = transformers.BartConfig(
+        vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_position_embeddings=32,
+    )  # fmt: skip
+    transformers.BartForConditionalGeneration(config).save_pretrained(tmp_path / "bart")
+    msg = _refusal(capsys, f"source={tmp_path / 'bart'}", f"run_dir={tmp_path / 'run'}")
+    assert "BartForConditionalGeneration cannot be imported" in msg
+
+
+@pytest.mark.parametrize(
+    ("option", "key"),
+    [({"activation_function": "gelu_new"}, "activation_function=gelu_new"),
+     ({"tie_word_embeddings": False}, "tie_word_embeddings=false"),
+     ({"decoder_ffn_dim": 48}, "encoder_ffn_dim=64 differs from decoder_ffn_dim=48")],
+)  # fmt: skip
+def test_an_option_mt_cannot_hold_is_refused_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: dict[str, Any], key: str
+) -> None:
+    folder, _, _ = _marian(tmp_path, shared=True, activation="relu", scale=True, **option)
+    msg = _refusal(capsys, f"source={folder}", f"run_dir={tmp_path / 'run'}")
+    assert f"MarianMTModel cannot be imported: {key}" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_dir_is_replaced_only_when_it_holds_an_import_and_force_is_set(
+    family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "add force=true" in _refusal(capsys, f"source={family.folder}",
+                                        f"run_dir={family.run_dir}")  # fmt: skip
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine\n")
+    assert "not an mt import" in _refusal(capsys, f"source={family.folder}", f"run_dir={other}")
+    assert (other / "notes.txt").read_text() == "mine\n"
+    manifest = json.loads((family.run_dir / "import.json").read_text())
+    assert manifest["revision"] == "local" and manifest["class"] == type(family.hf).__name__
+    assert "config.json" in manifest["files"] and len(manifest["files"]["config.json"]) == 64
+    _import(family.folder, family.run_dir, "force=true")  # the same files again, in place
+    assert json.loads((family.run_dir / "import.json").read_text())["files"] == manifest["files"]

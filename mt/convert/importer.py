@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ def load_pretrained(folder: Path, src_lang: str | None) -> Imported:
         import transformers
     except ImportError:
         raise missing_extra("transformers", "mt import") from None
+    transformers.utils.logging.disable_progress_bar()  # mt's stderr: one sentence or its log
+    transformers.utils.logging.set_verbosity_error()
     try:
         config = transformers.AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
@@ -88,7 +91,9 @@ def load_pretrained(folder: Path, src_lang: str | None) -> Imported:
         raise refuse(named, f"mt imports {family} of model_type={config.model_type}")
     try:
         model = getattr(transformers, family).from_pretrained(folder, dtype="float32")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        with warnings.catch_warnings():  # MarianTokenizer's advice on sacremoses, which
+            warnings.simplefilter("ignore")  # only its unused punctuation normalizer needs
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise MTError(f"{folder}: the model or its tokenizer did not load ({first}).") from None

@@ -51,9 +51,7 @@ def pretrained_model(model: Seq2Seq, pretrained: dict[str, Any]) -> Any:
         raise RuntimeError(
             f"export to {family}: missing {missing}, unexpected {list(result.unexpected_keys)}"
         )
-    hf.generation_config = transformers.GenerationConfig.from_dict(
-        pretrained["generation_config"]
-    )
+    hf.generation_config = transformers.GenerationConfig.from_dict(pretrained["generation_config"])
     return hf.eval()
 
 

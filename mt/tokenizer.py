@@ -141,6 +141,10 @@ class Tokenizer:
     def sha256(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
+    def files(self) -> list[Path]:
+        """The files this tokenizer reads."""
+        return [self.path]
+
 
 VOCAB_FORMAT = "mt-vocab/1"
 
@@ -174,7 +178,8 @@ class VocabTokenizer:
         if hashlib.sha256(spm_path.read_bytes()).hexdigest() != spec["spm_sha256"]:
             raise MTError(f"{spm_path} is not the SentencePiece model {self.path} was made with.")
         self.sp = spm.SentencePieceProcessor(model_file=str(spm_path))
-        self.decoder_sp = spm.SentencePieceProcessor(model_file=str(folder / spec["decode_spm"]))
+        self._spm_files = [spm_path, folder / spec["decode_spm"]]
+        self.decoder_sp = spm.SentencePieceProcessor(model_file=str(self._spm_files[1]))
         self._pieces: list[str] = list(spec["pieces"])
         self._ids = {piece: i for i, piece in reversed(list(enumerate(self._pieces)))}
         self._special = set(spec["special"]) | {PAD_ID, UNK_ID, BOS_ID, EOS_ID}
@@ -235,6 +240,10 @@ class VocabTokenizer:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def files(self) -> list[Path]:
+        """The files this tokenizer reads: the vocabulary file and its SentencePiece models."""
+        return [self.path, *dict.fromkeys(self._spm_files)]
 
 
 AnyTokenizer = Tokenizer | VocabTokenizer

@@ -14,13 +14,14 @@ an untouched import holds exactly the source's tensors.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mt.model.layers import DecoderLayer, EncoderLayer
+from mt.convert import hf_layout as hf
 from mt.model.transformer import Seq2Seq
 from mt.tokenizer import BOS_ID, PAD_ID, VOCAB_FORMAT
 
@@ -152,91 +153,40 @@ def output_bias(tgt_map: IdMap, model_bias: Tensor | None, banned: list[int]) ->
     return mt_bias
 
 
-# --- layer weights: Hugging Face BART-style names <-> mt modules ------------------------------
+# --- layer weights: Hugging Face BART-family names (`mt.convert.hf_layout`) <-> mt modules ------
 
 
-def _cat(state: dict[str, Tensor], prefix: str, names: tuple[str, ...], what: str) -> Tensor:
-    return torch.cat([state[f"{prefix}.{n}_proj.{what}"] for n in names])
-
-
-def _set_linear(linear: nn.Module, state: dict[str, Tensor], name: str) -> None:
-    linear.weight.data.copy_(state[f"{name}.weight"])
-    linear.bias.data.copy_(state[f"{name}.bias"])
-
-
-def _set_fused(linear: nn.Linear, state: dict[str, Tensor], prefix: str, names: tuple[str, ...]):
-    linear.weight.data.copy_(_cat(state, prefix, names, "weight"))
-    linear.bias.data.copy_(_cat(state, prefix, names, "bias"))
-
-
-def load_encoder_layer(layer: EncoderLayer, state: dict[str, Tensor], p: str) -> None:
-    """Copy encoder layer `p` (e.g. model.encoder.layers.0) of a BART-style model into mt's."""
-    _set_fused(layer.self_attn.qkv, state, f"{p}.self_attn", ("q", "k", "v"))
-    _set_linear(layer.self_attn.out, state, f"{p}.self_attn.out_proj")
-    _set_linear(layer.norm1, state, f"{p}.self_attn_layer_norm")
-    _set_linear(layer.ffn.fc1, state, f"{p}.fc1")
-    _set_linear(layer.ffn.fc2, state, f"{p}.fc2")
-    _set_linear(layer.norm2, state, f"{p}.final_layer_norm")
-
-
-def load_decoder_layer(layer: DecoderLayer, state: dict[str, Tensor], p: str) -> None:
-    """Copy decoder layer `p` of a BART-style model into mt's."""
-    _set_fused(layer.self_attn.qkv, state, f"{p}.self_attn", ("q", "k", "v"))
-    _set_linear(layer.self_attn.out, state, f"{p}.self_attn.out_proj")
-    _set_linear(layer.norm1, state, f"{p}.self_attn_layer_norm")
-    _set_linear(layer.cross_attn.q, state, f"{p}.encoder_attn.q_proj")
-    _set_fused(layer.cross_attn.kv, state, f"{p}.encoder_attn", ("k", "v"))
-    _set_linear(layer.cross_attn.out, state, f"{p}.encoder_attn.out_proj")
-    _set_linear(layer.norm2, state, f"{p}.encoder_attn_layer_norm")
-    _set_linear(layer.ffn.fc1, state, f"{p}.fc1")
-    _set_linear(layer.ffn.fc2, state, f"{p}.fc2")
-    _set_linear(layer.norm3, state, f"{p}.final_layer_norm")
+def _stacks(model: Seq2Seq) -> list[tuple[str, nn.Module, dict[str, tuple[str, ...]]]]:
+    """(name prefix, mt layer, name table) of every encoder and decoder layer."""
+    return [
+        (hf.layer_prefix(side, i), layer, table)
+        for side, table in (("encoder", hf.ENCODER_LAYER), ("decoder", hf.DECODER_LAYER))
+        for i, layer in enumerate(getattr(model, side).layers)
+    ]
 
 
 def load_layers(model: Seq2Seq, state: dict[str, Tensor]) -> None:
-    """Every encoder and decoder layer of `state` (BART-style names under model.) into mt's."""
-    for i, layer in enumerate(model.encoder.layers):
-        load_encoder_layer(layer, state, f"model.encoder.layers.{i}")
-    for i, layer in enumerate(model.decoder.layers):
-        load_decoder_layer(layer, state, f"model.decoder.layers.{i}")
-
-
-def _split(prefix: str, linear: nn.Module, names: tuple[str, ...]) -> dict[str, Tensor]:
-    """A fused [n*D, D] projection as n separate `prefix.<name>_proj` weights and biases."""
-    out = {}
-    parts = zip(names, linear.weight.chunk(len(names)), linear.bias.chunk(len(names)), strict=True)
-    for name, weight, bias in parts:
-        out[f"{prefix}.{name}_proj.weight"] = weight
-        out[f"{prefix}.{name}_proj.bias"] = bias
-    return out
-
-
-def _linear(name: str, linear: nn.Module) -> dict[str, Tensor]:
-    return {f"{name}.weight": linear.weight, f"{name}.bias": linear.bias}
+    """Copy every encoder and decoder layer of a BART-family state dict into mt's, the q / k / v
+    parts stacked into mt's fused projections."""
+    for prefix, layer, table in _stacks(model):
+        for path, parts in table.items():
+            module = operator.attrgetter(path)(layer)
+            for what in ("weight", "bias"):
+                stacked = torch.cat([state[f"{prefix}.{part}.{what}"] for part in parts])
+                getattr(module, what).data.copy_(stacked)
 
 
 def layer_weights(model: Seq2Seq) -> dict[str, Tensor]:
-    """mt's layers under BART-style names (`load_layers` backwards), detached fp32 copies."""
-    out: dict[str, Tensor] = {}
-    for i, enc in enumerate(model.encoder.layers):
-        p = f"model.encoder.layers.{i}"
-        out |= _split(f"{p}.self_attn", enc.self_attn.qkv, ("q", "k", "v"))
-        out |= _linear(f"{p}.self_attn.out_proj", enc.self_attn.out)
-        out |= _linear(f"{p}.self_attn_layer_norm", enc.norm1)
-        out |= _linear(f"{p}.fc1", enc.ffn.fc1) | _linear(f"{p}.fc2", enc.ffn.fc2)
-        out |= _linear(f"{p}.final_layer_norm", enc.norm2)
-    for i, dec in enumerate(model.decoder.layers):
-        p = f"model.decoder.layers.{i}"
-        out |= _split(f"{p}.self_attn", dec.self_attn.qkv, ("q", "k", "v"))
-        out |= _linear(f"{p}.self_attn.out_proj", dec.self_attn.out)
-        out |= _linear(f"{p}.self_attn_layer_norm", dec.norm1)
-        out |= _linear(f"{p}.encoder_attn.q_proj", dec.cross_attn.q)
-        out |= _split(f"{p}.encoder_attn", dec.cross_attn.kv, ("k", "v"))
-        out |= _linear(f"{p}.encoder_attn.out_proj", dec.cross_attn.out)
-        out |= _linear(f"{p}.encoder_attn_layer_norm", dec.norm2)
-        out |= _linear(f"{p}.fc1", dec.ffn.fc1) | _linear(f"{p}.fc2", dec.ffn.fc2)
-        out |= _linear(f"{p}.final_layer_norm", dec.norm3)
-    return {k: v.detach().float().clone() for k, v in out.items()}
+    """mt's layers under BART-family names (`load_layers` backwards), as fp32 copies."""
+    out = {}
+    for prefix, layer, table in _stacks(model):
+        for path, parts in table.items():
+            module = operator.attrgetter(path)(layer)
+            for what in ("weight", "bias"):
+                chunks = getattr(module, what).detach().float().chunk(len(parts))
+                for part, chunk in zip(parts, chunks, strict=True):
+                    out[f"{prefix}.{part}.{what}"] = chunk.clone()
+    return out
 
 
 def vocab_spec(

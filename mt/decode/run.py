@@ -139,7 +139,7 @@ def _normalize_form(ckpt: dict[str, Any]) -> str:
 
 def run_files(run: LoadedRun) -> list[Path]:
     """The files of a loaded run that an output must never replace."""
-    files = [run.checkpoint, run.src_tok.path, run.tgt_tok.path]
+    files = [run.checkpoint, *run.src_tok.files(), *run.tgt_tok.files()]
     if run.run_dir is not None:
         files += [run.run_dir / "config.yaml", *run.run_dir.glob("checkpoints/*.pt")]
     return files

@@ -23,6 +23,7 @@ from mt.decode.beam import beam_search
 from mt.decode.greedy import greedy_search
 from mt.decode.run import LoadedRun, for_target, load_run
 from mt.decode.search import Limits
+from mt.loss import Seq2SeqLoss
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 transformers = pytest.importorskip("transformers")
@@ -435,3 +436,19 @@ def test_ctranslate2_translates_as_mt_does(family: Family, tmp_path: Path, beams
     # beam right after a target prefix (NLLB's language code), and at the cap it keeps its own
     # best unfinished beams, where mt (and generate) rank beams that end in a forced eos.
     assert same == len(texts) if beams == 1 else all(ended)
+
+
+def test_training_loss_equals_transformers(family: Family) -> None:
+    """mt's training loss (no smoothing) on an imported model is the source's cross-entropy."""
+    texts, targets = _test_sources()[:32], _sentences(TGT_WORDS, 32, 13)
+    labels = family.tok(text_target=targets, return_tensors="pt", padding=True)["input_ids"]
+    real = labels != family.tok.pad_token_id
+    with torch.no_grad():
+        hf_loss = family.hf(**_hf_inputs(family, texts), labels=labels.masked_fill(~real, -100))
+    to_mt = torch.tensor(family.id_map.ids)
+    tgt_out = torch.where(real, to_mt[labels], PAD_ID)
+    tgt_in = torch.cat([torch.full((len(texts), 1), BOS_ID), tgt_out[:, :-1]], dim=1)
+    src, mask = _mt_sources(family, texts)
+    with torch.no_grad():
+        _, nll = Seq2SeqLoss(family.run.model, 0.0, PAD_ID)(src, mask, tgt_in, tgt_out)
+    torch.testing.assert_close(nll / real.sum(), hf_loss.loss, rtol=1e-5, atol=1e-5)

@@ -17,6 +17,7 @@ import sentencepiece as spm
 import torch
 
 from mt.cli import main
+from mt.convert.m2m100 import model_ids
 from mt.convert.pretrained import IdMap
 from mt.convert.reexport import write_pretrained
 from mt.decode.beam import beam_search
@@ -83,7 +84,8 @@ class Family:
     tok: Any
     run: LoadedRun
     id_map: IdMap
-    forced_bos: int | None = None  # NLLB: the target language code
+    forced_bos: int | None = None  # M2M100 / NLLB: the target language code's id
+    tgt_lang: str | None = None  # and its decode.tgt_lang
 
 
 def _marian(
@@ -130,18 +132,29 @@ def _marian(
     return folder, model, tok
 
 
-def _nllb(tmp: Path) -> tuple[Path, Any, Any]:
+def _m2m100(tmp: Path, nllb: bool) -> tuple[Path, Any, Any]:
+    """NLLB's tokenizer (tokenizer.json, codes like deu_Latn) or M2M100's own (vocab.json over
+    the SentencePiece model, codes like __de__)."""
     lines = _sentences(SRC_WORDS, 400, 1) + _sentences(TGT_WORDS, 400, 2)
     model_file = _train_spm(tmp / "nllb", lines, 90, "bpe")
     spm_only = tmp / "spm_only"
     spm_only.mkdir()
     shutil.copyfile(model_file, spm_only / "sentencepiece.bpe.model")
-    codes = ["eng_Latn", "deu_Latn", "fra_Latn"]
-    tok = transformers.NllbTokenizer.from_pretrained(
-        spm_only, extra_special_tokens=codes, src_lang="eng_Latn", tgt_lang="deu_Latn"
-    )
+    if nllb:
+        tok = transformers.NllbTokenizer.from_pretrained(
+            spm_only, extra_special_tokens=["eng_Latn", "deu_Latn", "fra_Latn"],
+            src_lang="eng_Latn", tgt_lang="deu_Latn",
+        )  # fmt: skip
+    else:
+        pieces = ["<s>", "<pad>", "</s>", "<unk>", *_spm_pieces(model_file)]
+        vocab = spm_only / "vocab.json"
+        vocab.write_text(json.dumps({p: i for i, p in enumerate(pieces)}), encoding="utf-8")
+        tok = transformers.M2M100Tokenizer(
+            str(vocab), str(model_file), src_lang="en", tgt_lang="de", language_codes="wmt21"
+        )
     config = transformers.M2M100Config(
-        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2,
+        vocab_size=max(model_ids(tok).values()) + 1, d_model=32, encoder_layers=2,
+        decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
         decoder_ffn_dim=64, activation_function="relu", max_position_embeddings=64,
         pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
@@ -162,8 +175,8 @@ def _import(folder: Path, run_dir: Path, *extra: str) -> None:
 
 
 def _family(tmp: Path, kind: str) -> Family:
-    if kind == "nllb":
-        folder, hf, tok = _nllb(tmp)
+    if kind in ("nllb", "m2m100"):
+        folder, hf, tok = _m2m100(tmp, nllb=kind == "nllb")
     else:
         shared, activation, scale = {
             "marian_shared_swish": (True, "swish", True),
@@ -175,15 +188,15 @@ def _family(tmp: Path, kind: str) -> Family:
     run = load_run(run_dir, None, torch.device("cpu"))
     ckpt = torch.load(run.checkpoint, weights_only=True)
     id_map = IdMap.from_json(ckpt["pretrained"]["tgt_map"])
-    forced = None
-    if kind == "nllb":
-        run = for_target(run, "deu_Latn")
-        forced = tok.convert_tokens_to_ids("deu_Latn")
+    forced, tgt_lang = None, {"nllb": "deu_Latn", "m2m100": "de"}.get(kind)
+    if tgt_lang is not None:
+        run = for_target(run, tgt_lang)
+        forced = tok.convert_tokens_to_ids(tok.tgt_lang if kind == "nllb" else "__de__")
     hf.generation_config.bad_words_ids = None
-    return Family(folder, run_dir, hf, tok, run, id_map, forced)
+    return Family(folder, run_dir, hf, tok, run, id_map, forced, tgt_lang)
 
 
-KINDS = ["marian_shared_swish", "marian_separate_relu", "nllb"]
+KINDS = ["marian_shared_swish", "marian_separate_relu", "nllb", "m2m100"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -324,7 +337,7 @@ def _translate_args(fam: Family, beams: int) -> list[str]:
         f"run_dir={fam.run_dir}", f"decode.beam={beams}", "decode.lenpen=0", "decode.max_len_a=0",
         f"decode.max_len_b={MAX_LENGTH - 2}", "device=cpu", "precision=fp32",
     ]  # fmt: skip
-    return args + (["decode.tgt_lang=deu_Latn"] if fam.forced_bos is not None else [])
+    return args + ([f"decode.tgt_lang={fam.tgt_lang}"] if fam.tgt_lang is not None else [])
 
 
 def test_mt_translate_writes_what_generate_decodes(family: Family, tmp_path: Path) -> None:

@@ -44,6 +44,15 @@ def language_codes(tokenizer: Any) -> dict[str, str]:
     return {code: code for code in sorted(specials - named)}
 
 
+def model_ids(tokenizer: Any) -> dict[str, int]:
+    """Every piece of the tokenizer and its model id, language codes included (M2M100's own
+    tokenizer leaves them out of `get_vocab`)."""
+    ids = dict(tokenizer.get_vocab())
+    ids.update(getattr(tokenizer, "lang_token_to_id", {}))
+    ids.update(tokenizer.added_tokens_encoder)
+    return ids
+
+
 def _spm_file(tokenizer: Any, folder: Path) -> Path:
     """The SentencePiece model that cuts text into the tokenizer's pieces."""
     own = getattr(tokenizer, "spm_file", None) or getattr(tokenizer, "vocab_file", None)
@@ -62,7 +71,7 @@ def import_m2m100(hf_model: Any, tokenizer: Any, folder: Path, src_lang: str | N
     if getattr(tokenizer, "legacy_behaviour", False):
         raise refuse(what, "its tokenizer has legacy_behaviour=true (codes after the source)")
     size = cfg.vocab_size
-    vocab = dict(tokenizer.get_vocab())
+    vocab = model_ids(tokenizer)
     if len(vocab) > size or max(vocab.values()) >= size:
         raise refuse(what, f"its tokenizer has {len(vocab)} pieces, more than vocab_size={size}")
     unk = vocab[str(tokenizer.unk_token)]

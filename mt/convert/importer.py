@@ -23,8 +23,8 @@ from mt import __version__
 from mt.checkpoint import FORMAT, save_checkpoint
 from mt.config import ImportConfig
 from mt.convert.m2m100 import import_m2m100
-from mt.convert.marian import import_marian, refuse
-from mt.convert.pretrained import M2M100, MARIAN, TOKENIZER_DIR, Imported
+from mt.convert.marian import import_marian
+from mt.convert.pretrained import M2M100, MARIAN, TOKENIZER_DIR, Imported, refuse
 from mt.convert.source import missing_extra
 from mt.corpus import file_sha256
 from mt.errors import MTError

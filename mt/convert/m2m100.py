@@ -16,15 +16,21 @@ from typing import Any
 
 from torch import Tensor
 
-from mt.convert.marian import banned_ids, check_tied, common_args, model_bias, refuse, sha256
 from mt.convert.pretrained import (
     M2M100,
     IdMap,
     Imported,
+    banned_ids,
+    check_tied,
+    common_args,
     layer_weights,
     load_layers,
+    model_bias,
     mt_pieces,
     output_bias,
+    pieces_by_id,
+    refuse,
+    sha256,
     vocab_spec,
 )
 from mt.errors import MTError
@@ -72,8 +78,7 @@ def import_m2m100(hf_model: Any, tokenizer: Any, folder: Path, src_lang: str | N
         raise refuse(what, "its tokenizer has legacy_behaviour=true (codes after the source)")
     size = cfg.vocab_size
     vocab = model_ids(tokenizer)
-    if len(vocab) > size or max(vocab.values()) >= size:
-        raise refuse(what, f"its tokenizer has {len(vocab)} pieces, more than vocab_size={size}")
+    pieces = pieces_by_id(vocab, size, what)
     unk = vocab[str(tokenizer.unk_token)]
     id_map = IdMap.build(size, cfg.pad_token_id, unk, cfg.decoder_start_token_id, cfg.eos_token_id)
     state = {k: v.detach().float() for k, v in hf_model.state_dict().items()}
@@ -97,9 +102,6 @@ def import_m2m100(hf_model: Any, tokenizer: Any, folder: Path, src_lang: str | N
     if src_lang not in codes and src_lang not in codes.values():
         raise MTError(f"src_lang={src_lang} is not a language of {what}'s tokenizer.")
     src_code = codes.get(src_lang, src_lang)
-    pieces = [f"<unused:{i}>" for i in range(size)]
-    for piece, i in vocab.items():
-        pieces[i] = piece
     special = list(range(4)) + [id_map.rows.index(vocab[t]) for t in
                                 map(str, tokenizer.all_special_tokens) if t in vocab]  # fmt: skip
     spm_path = _spm_file(tokenizer, folder)

@@ -1,5 +1,6 @@
 """What importing a Hugging Face translation model shares across families: the id mapping that
-keeps mt's special ids, the BART-style layer weights in both directions, and `Imported`.
+keeps mt's special ids, the checks and refusals of a BART-family config, the layer weights in
+both directions, and `Imported`.
 
 mt's pad, unk, bos and eos sit at ids 0-3 (`mt.tokenizer`); Marian and M2M100 put theirs
 elsewhere and start decoding from pad (Marian) or eos (M2M100), which mt's search calls bos. An
@@ -14,14 +15,17 @@ an untouched import holds exactly the source's tensors.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mt.convert import hf_layout as hf
+from mt.errors import MTError
 from mt.model.transformer import Seq2Seq
 from mt.tokenizer import BOS_ID, PAD_ID, VOCAB_FORMAT
 
@@ -151,6 +155,77 @@ def output_bias(tgt_map: IdMap, model_bias: Tensor | None, banned: list[int]) ->
     mt_bias = tgt_map.to_mt(bias)
     mt_bias[tgt_map.extra] = float("-inf")
     return mt_bias
+
+
+# --- what every BART-family import checks and shares ---------------------------------------
+
+# Hugging Face activation names -> mt's
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "swish"}
+
+
+def refuse(what: str, why: str) -> MTError:
+    """The one sentence for a model mt cannot hold, naming the config key."""
+    return MTError(f"{what} cannot be imported: {why}.")
+
+
+def common_args(cfg: Any, what: str) -> dict[str, Any]:
+    """The builder arguments a BART-style config (Marian, M2M100) gives, after refusing what mt's
+    Transformer cannot represent, naming the key."""
+    act = cfg.activation_function
+    if act not in ACTIVATIONS:
+        raise refuse(what, f"activation_function={act} (mt has relu, gelu and swish)")
+    for enc, dec in (("encoder_attention_heads", "decoder_attention_heads"),
+                     ("encoder_ffn_dim", "decoder_ffn_dim")):  # fmt: skip
+        if getattr(cfg, enc) != getattr(cfg, dec):
+            raise refuse(what, f"{enc}={getattr(cfg, enc)} differs from {dec}={getattr(cfg, dec)}")
+    if cfg.d_model % cfg.encoder_attention_heads:
+        raise refuse(what, f"d_model={cfg.d_model} is not divisible by encoder_attention_heads")
+    return dict(
+        d_model=cfg.d_model, n_heads=cfg.encoder_attention_heads,
+        n_layers_enc=cfg.encoder_layers, n_layers_dec=cfg.decoder_layers,
+        d_ff=cfg.encoder_ffn_dim, dropout=cfg.dropout, attn_dropout=cfg.attention_dropout,
+        act_dropout=cfg.activation_dropout, activation=ACTIVATIONS[act],
+        max_positions=cfg.max_position_embeddings, positions="sinusoidal",
+        scale_embeddings=bool(cfg.scale_embedding), output_bias=True,
+    )  # fmt: skip
+
+
+def banned_ids(generation_config: Any, what: str) -> list[int]:
+    """Single-token `bad_words_ids` of a generation config (OPUS-MT bans pad); longer ones are
+    refused."""
+    bad = getattr(generation_config, "bad_words_ids", None) or []
+    if any(len(words) != 1 for words in bad):
+        raise refuse(what, "generation_config.bad_words_ids holds a sequence of several tokens")
+    return [words[0] for words in bad]
+
+
+def check_tied(state: dict[str, Tensor], embed: str, what: str) -> None:
+    """Refuse an output layer that is not the target embedding (mt ties them)."""
+    if "lm_head.weight" in state and not torch.equal(state["lm_head.weight"], state[embed]):
+        raise refuse(what, "tie_word_embeddings=false (mt ties the output layer to the embedding)")
+
+
+def pieces_by_id(vocab: dict[str, int], size: int, what: str) -> list[str]:
+    """The piece of each model row; rows the vocabulary does not name get a placeholder."""
+    if max(vocab.values()) >= size:
+        raise refuse(what, f"its vocabulary has ids beyond the model's {size} rows")
+    pieces = [f"<unused:{i}>" for i in range(size)]
+    for piece, i in vocab.items():
+        pieces[i] = piece
+    return pieces
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_bias(bias: Tensor, tgt_map: IdMap, banned: dict[int, float]) -> Tensor:
+    """mt's output bias [V'] as the model's [V]: the extra rows dropped, and each banned id's
+    own value (recorded at import) in place of its -inf."""
+    out = tgt_map.to_model(tgt_map.first(bias.detach().float()))
+    for row, value in banned.items():
+        out[int(row)] = value
+    return out
 
 
 # --- layer weights: Hugging Face BART-family names (`mt.convert.hf_layout`) <-> mt modules ------

@@ -35,6 +35,8 @@ log = logging.getLogger("mt.import")
 
 IMPORT_INFO = "import.json"
 IMPORT_FORMAT = "mt-import/1"
+# Weights in formats torch does not read (TensorFlow, Flax, Rust, ONNX): not downloaded.
+OTHER_FRAMEWORKS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "*.tflite"]
 # config.model_type -> the class mt imports it as
 FAMILIES = {"marian": MARIAN, "m2m_100": M2M100}
 
@@ -50,13 +52,17 @@ def fetch(source: str, revision: str | None) -> tuple[Path, str]:
     if path.exists():
         if not path.is_dir():
             raise MTError(f"source {source} is a file; name a folder written by save_pretrained.")
+        if revision is not None:
+            raise MTError(f"revision={revision} applies to a hub id; source {source} is a folder.")
         return path, "local"
     try:
         from huggingface_hub import snapshot_download  # optional extra: mt[export]
     except ImportError:
         raise missing_extra("huggingface_hub", "mt import") from None
     try:
-        folder = Path(snapshot_download(source, revision=revision))
+        folder = Path(
+            snapshot_download(source, revision=revision, ignore_patterns=OTHER_FRAMEWORKS)
+        )
     except Exception as exc:  # offline, unknown repo, gated, bad revision: all one sentence
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise MTError(

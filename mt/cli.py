@@ -36,6 +36,11 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "eval": ("mt.evaluate", "run_eval", "score translations with sacreBLEU (BLEU, chrF, TER)"),
     "serve": ("mt.serve.stage", "run_serve", "serve a trained run over HTTP (POST /translate)"),
     "export": ("mt.convert.export", "run_export", "export a run to CTranslate2 or Hugging Face"),
+    "import": (
+        "mt.convert.importer",
+        "run_import",
+        "import a Hugging Face Marian (OPUS-MT) or M2M100 (NLLB) model as a run",
+    ),
 }
 
 EXIT_USAGE = 2

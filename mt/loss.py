@@ -55,10 +55,19 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, grad_mode: bool
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        target: Tensor,
+        epsilon: float,
+        grad_mode: bool,
+        bias: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         h, w, low = _operands(hidden, weight)
-        n, vocab = h.shape[0], w.shape[0]
+        n = h.shape[0]
+        # smoothing spreads eps over the ids the model can emit: all, or those of finite bias
+        emit = None if bias is None else torch.isfinite(bias).float()  # [V]
+        vocab = w.shape[0] if emit is None else int(emit.sum())
         chunk = CHUNK_ELEMENTS if h.device.type == "cpu" else GPU_CHUNK_ELEMENTS
         rows = max(1, chunk // vocab)
         # needs_input_grad ignores no_grad (e.g. validation): the caller passes the grad mode
@@ -72,13 +81,18 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
             for start in range(0, n, rows):
                 end = start + rows
                 h_c, t_c = h[start:end], target[start:end, None]  # [C, D], [C, 1]
-                lprobs = torch.log_softmax((h_c @ w.T).float(), dim=-1)  # [C, V]
+                logits = (h_c @ w.T).float()  # [C, V]
+                if bias is not None:
+                    logits += bias
+                lprobs = torch.log_softmax(logits, dim=-1)  # [C, V]
                 nll_c = -lprobs.gather(1, t_c).sum()
                 nll += nll_c
-                loss += (1.0 - epsilon) * nll_c - epsilon / vocab * lprobs.sum()
+                spread = lprobs.sum() if emit is None else lprobs.nan_to_num(neginf=0.0).sum()
+                loss += (1.0 - epsilon) * nll_c - epsilon / vocab * spread
                 if grad_h is None or grad_w is None:
                     continue
-                grad = lprobs.exp_().sub_(epsilon / vocab)  # softmax - eps / V
+                grad = lprobs.exp_()  # softmax, 0 at the ids never emitted
+                grad.sub_(epsilon / vocab if emit is None else emit * (epsilon / vocab))
                 grad.scatter_add_(1, t_c, grad.new_full(t_c.shape, epsilon - 1.0))
                 if low == torch.float16:  # unscaled small gradients would underflow in fp16
                     torch.mm(grad, w.float(), out=grad_h[start:end])
@@ -97,29 +111,34 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: Tensor, _grad_nll: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         grad_h, grad_w = ctx.saved_tensors
         if grad_h is None:
-            return None, None, None, None, None
-        return grad_h.to(ctx.hidden_dtype) * grad_loss, grad_w * grad_loss, None, None, None
+            return None, None, None, None, None, None
+        return grad_h.to(ctx.hidden_dtype) * grad_loss, grad_w * grad_loss, None, None, None, None
 
 
 def projected_label_smoothed_nll(
-    hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float
+    hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Summed label-smoothed loss and summed plain NLL (for perplexity) of `hidden @ weight.T`.
+    """Summed label-smoothed loss and summed plain NLL (for perplexity) of `hidden @ weight.T`
+    (+ bias).
 
     The smoothed loss is (1 - eps) * nll + eps * mean over the vocabulary of -log p, as in
     Szegedy et al. 2016 / Vaswani et al. 2017; log-probs are float32 whatever the GEMM dtype.
+    With a bias (an imported model's fixed output bias, no gradient), ids of -inf bias are
+    never emitted: the mean runs over the others.
 
     Args:
         hidden: [N, D] decoder states of the real target positions.
         weight: [V, D] output projection (the tied target embedding).
         target: [N] gold ids.
         epsilon: label smoothing, 0 disables it.
+        bias: [V] fixed output bias (`Seq2Seq.output_bias`), or None.
 
     Returns:
         (loss, nll), both summed over the N positions, float32 scalars; nll carries no gradient.
     """
     grad_mode = torch.is_grad_enabled()
-    loss, nll = _ProjectedSmoothedNLL.apply(hidden, weight, target, epsilon, grad_mode)
+    bias = None if bias is None else bias.detach().float()
+    loss, nll = _ProjectedSmoothedNLL.apply(hidden, weight, target, epsilon, grad_mode, bias)
     return loss, nll
 
 
@@ -143,4 +162,5 @@ class Seq2SeqLoss(nn.Module):
         hidden = self.model.decode(tgt_in, memory, src_pad_mask)  # [B, T, D]
         hidden, target = select_targets(hidden, tgt_out, self.pad_id)  # [N, D], [N]
         weight = self.model.decoder.embed.tokens.weight  # [V, D], tied output projection
-        return projected_label_smoothed_nll(hidden, weight, target, self.epsilon)
+        bias = self.model.output_bias  # [V] or None
+        return projected_label_smoothed_nll(hidden, weight, target, self.epsilon, bias)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mt.checkpoint import load_checkpoint, remove_stale_temps, step_checkpoints
+from mt.config import ModelConfig
 from mt.errors import MTError
 from mt.manifest import Vocab
 
@@ -29,6 +31,16 @@ log = logging.getLogger("mt.train")
 
 # What mt translate falls back to without checkpoint=: the validated choice first.
 INFERENCE_CHECKPOINTS = ("final.pt", "best.pt", "last.pt")
+
+
+def same_model(recorded: dict[str, Any] | None, model_args: dict[str, Any]) -> bool:
+    """Whether a checkpoint's model arguments build the model `model_args` do: a key an older
+    checkpoint lacks (an option added since) counts at its default, which is the behaviour
+    the checkpoint was trained with."""
+    if recorded is None:
+        return False
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    return {**defaults, **recorded} == {**defaults, **model_args}
 
 
 @dataclass(frozen=True)
@@ -183,7 +195,7 @@ class RunDir:
                 log.warning("skipping %s: %s", path, exc)
                 skipped = True
                 continue
-            if ckpt.get("model_args") != model_args:
+            if not same_model(ckpt.get("model_args"), model_args):
                 raise MTError(
                     f"{path} was trained with other model settings or another vocabulary than "
                     "this config; use another run_dir, or the run's own config."

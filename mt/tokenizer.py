@@ -1,11 +1,15 @@
 """SentencePiece wrapper: training, batch encode/decode, and the sole owner of the special ids.
 
 The ids of pad, unk, bos and eos are fixed here; the model, the loss and the decoder rely on them.
+`Tokenizer` is a SentencePiece model trained by mt, whose own ids are mt's; `VocabTokenizer` is
+an imported model's SentencePiece model whose pieces reach mt's ids through a stored vocabulary
+(`mt.convert`); `load_tokenizer` opens either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -123,5 +127,128 @@ class Tokenizer:
         """Text of each id sequence; special ids are skipped."""
         return self.sp.decode(ids)
 
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.id_to_piece(i)
+
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a piece; UNK_ID for one the model lacks."""
+        return self.sp.piece_to_id(piece)
+
+    def pieces(self) -> list[str]:
+        """Every piece, by id."""
+        return [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
+
     def sha256(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def files(self) -> list[Path]:
+        """The files this tokenizer reads."""
+        return [self.path]
+
+
+VOCAB_FORMAT = "mt-vocab/1"
+
+
+class VocabTokenizer:
+    """An imported model's tokenizer: SentencePiece cuts text into pieces, and a stored
+    vocabulary gives each piece its mt id (Marian's vocab.json, NLLB's fairseq-offset ids,
+    permuted so that pad, unk, bos and eos sit at mt's ids 0-3).
+
+    The vocabulary file (JSON, `mt.convert` writes it beside the SentencePiece model) holds:
+    `format` (VOCAB_FORMAT), `spm` (the model that encodes), `decode_spm` (the one whose
+    decoder joins pieces: Marian with one shared vocabulary decodes with its source model),
+    `spm_sha256` (of `spm`), `pieces` (the piece of each mt id), `special` (ids that decoding
+    skips, as Hugging Face's `skip_special_tokens` does: unk and language codes included) and
+    `codes` (whether a leading `>>xx<<` in the text is a piece of its own, as MarianTokenizer
+    reads it). A piece outside the vocabulary encodes as unk, as Hugging Face's tokenizers do.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            spec = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise MTError(f"{self.path} is not a readable vocabulary file ({exc}).") from None
+        if spec.get("format") != VOCAB_FORMAT:
+            raise MTError(f"{self.path} is not an mt vocabulary file ({VOCAB_FORMAT}).")
+        folder = self.path.parent
+        spm_path = folder / spec["spm"]
+        if not spm_path.is_file():
+            raise MTError(f"{spm_path} is missing: {self.path} needs its SentencePiece model.")
+        if hashlib.sha256(spm_path.read_bytes()).hexdigest() != spec["spm_sha256"]:
+            raise MTError(f"{spm_path} is not the SentencePiece model {self.path} was made with.")
+        self.sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+        self._spm_files = [spm_path, folder / spec["decode_spm"]]
+        self.decoder_sp = spm.SentencePieceProcessor(model_file=str(self._spm_files[1]))
+        self._pieces: list[str] = list(spec["pieces"])
+        self._ids = {piece: i for i, piece in reversed(list(enumerate(self._pieces)))}
+        self._special = set(spec["special"]) | {PAD_ID, UNK_ID, BOS_ID, EOS_ID}
+        self._codes = bool(spec.get("codes", False))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    def _split_code(self, text: str) -> tuple[list[int], str]:
+        """A leading `>>xx<<` language code as its id, and the rest of the text."""
+        if self._codes and text.startswith(">>") and (end := text.find("<<")) != -1:
+            return [self._ids.get(text[: end + 2], UNK_ID)], text[end + 2 :]
+        return [], text
+
+    def encode(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        """Ids of each text, without bos/eos."""
+        split = [self._split_code(text) for text in texts]
+        pieces = self.sp.encode([rest for _, rest in split], out_type=str, num_threads=threads)
+        ids = self._ids
+        return [
+            [*code, *(ids.get(p, UNK_ID) for p in seq)]
+            for (code, _), seq in zip(split, pieces, strict=True)
+        ]
+
+    def encode_tagged(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        """As `Tokenizer.encode_tagged`: a leading tag's own id, then the rest."""
+        split = [text.partition(" ") for text in texts]
+        tags = {head: self.piece_id(head) for head, _, _ in split}
+        rests = self.encode([rest for _, _, rest in split], threads)
+        return [[tags[head], *ids] for (head, _, _), ids in zip(split, rests, strict=True)]
+
+    def piece_id(self, piece: str) -> int:
+        """The id of a whole piece (a language code); MTError when the vocabulary lacks it."""
+        if piece not in self._ids:
+            raise MTError(f"{self.path} has no piece {piece!r}.")
+        return self._ids[piece]
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Text of each id sequence; special ids (unk and language codes too) are skipped."""
+        special, pieces = self._special, self._pieces
+        texts = []
+        for seq in ids:
+            kept = [pieces[i] for i in seq if i not in special]
+            texts.append(self.decoder_sp.decode_pieces(kept).replace("\u2581", " ").strip())
+        return texts
+
+    def id_to_piece(self, i: int) -> str:
+        return self._pieces[i]
+
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a piece; UNK_ID for one the vocabulary lacks."""
+        return self._ids.get(piece, UNK_ID)
+
+    def pieces(self) -> list[str]:
+        """Every piece, by mt id."""
+        return list(self._pieces)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def files(self) -> list[Path]:
+        """The files this tokenizer reads: the vocabulary file and its SentencePiece models."""
+        return [self.path, *dict.fromkeys(self._spm_files)]
+
+
+AnyTokenizer = Tokenizer | VocabTokenizer
+
+
+def load_tokenizer(path: str | Path) -> AnyTokenizer:
+    """A run's tokenizer: a vocabulary file (.json) of an imported model, else SentencePiece."""
+    return VocabTokenizer(path) if Path(path).suffix == ".json" else Tokenizer(path)

@@ -80,3 +80,26 @@ def test_fp16_keeps_gradients_too_small_for_fp16():
     want = loss_and_grads(reference, hidden, weight, target, 0.0)[3]
     assert 0 < want[1, 0] < 6e-8  # below fp16's smallest subnormal
     torch.testing.assert_close(grad_w, want, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [10**9, 7 * 29])
+def test_an_output_bias_enters_the_logits_and_its_banned_ids_the_smoothing_not(monkeypatch, chunk):
+    """An imported model's fixed bias: -inf ids are never emitted, so label smoothing spreads
+    over the other ids only; loss and gradients are those of the textbook computation."""
+    monkeypatch.setattr(mt.loss, "CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    hidden, weight, target = torch.randn(45, 12), torch.randn(29, 12), torch.randint(3, 29, (45,))
+    bias = torch.randn(29)
+    bias[[0, 2]] = float("-inf")
+    allowed = torch.isfinite(bias)
+
+    def with_bias(h, w, t, eps):
+        lprobs = F.log_softmax(h @ w.T + bias, dim=-1)
+        nll = F.nll_loss(lprobs, t, reduction="sum")
+        return (1 - eps) * nll - eps * lprobs[:, allowed].mean(dim=-1).sum(), nll
+
+    fused = lambda h, w, t, eps: projected_label_smoothed_nll(h, w, t, eps, bias)  # noqa: E731
+    got = loss_and_grads(fused, hidden, weight, target, 0.1)
+    want = loss_and_grads(with_bias, hidden, weight, target, 0.1)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

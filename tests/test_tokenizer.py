@@ -1,7 +1,19 @@
+from pathlib import Path
+
 import pytest
 
 from mt.errors import MTError
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
+from mt.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    VOCAB_FORMAT,
+    Tokenizer,
+    VocabTokenizer,
+    load_tokenizer,
+    train_sentencepiece,
+)
 from tests.conftest import make_pairs
 
 
@@ -59,3 +71,41 @@ def test_foreign_or_broken_models_are_clear_errors(tmp_path):
     )  # fmt: skip
     with pytest.raises(MTError, match="special ids .* differ from the pad/unk/bos/eos ids 0-3"):
         Tokenizer(tmp_path / "foreign.model")
+
+
+def _vocab_file(tmp_path, spm_path, pieces, codes=False) -> Path:
+    """A VocabTokenizer file over `spm_path` whose mt ids are `pieces` (specials first)."""
+    import hashlib
+    import json
+    import shutil
+
+    shutil.copyfile(spm_path, tmp_path / "m.spm")
+    spec = {
+        "format": VOCAB_FORMAT, "spm": "m.spm", "decode_spm": "m.spm", "codes": codes,
+        "spm_sha256": hashlib.sha256((tmp_path / "m.spm").read_bytes()).hexdigest(),
+        "special": [0, 1, 2, 3, 4], "pieces": pieces,
+    }  # fmt: skip
+    (tmp_path / "v.json").write_text(json.dumps(spec), encoding="utf-8")
+    return tmp_path / "v.json"
+
+
+def test_vocab_tokenizer_maps_pieces_through_its_vocabulary(tokenizer, tmp_path):
+    pieces = tokenizer.pieces()
+    kept = [p for p in pieces[4:] if p != "▁dog"]  # a piece outside the vocabulary
+    mapped = ["<pad>", "<unk>", "<s>", "</s>", ">>de<<", *reversed(kept)]
+    tok = load_tokenizer(_vocab_file(tmp_path, tokenizer.path, mapped, codes=True))
+    assert isinstance(tok, VocabTokenizer) and tok.vocab_size == len(mapped)
+    text = "the man sees a dog"
+    cut = tokenizer.sp.encode(text, out_type=str)
+    want = [mapped.index(p) if p in mapped else UNK_ID for p in cut]
+    assert tok.encode([text]) == [want] and UNK_ID in want
+    assert tok.encode([f">>de<< {text}"]) == [[4, *want]]  # a leading code is one piece
+    assert tok.decode([[4, *tok.encode(["the man"])[0], EOS_ID]]) == ["the man"]  # specials skipped
+    assert tok.piece_to_id("▁dog") == UNK_ID and tok.id_to_piece(4) == ">>de<<"
+
+
+def test_vocab_tokenizer_refuses_another_sentencepiece_model(tokenizer, tmp_path):
+    path = _vocab_file(tmp_path, tokenizer.path, tokenizer.pieces())
+    (tmp_path / "m.spm").write_bytes(b"not the model")
+    with pytest.raises(MTError, match="is not the SentencePiece model"):
+        load_tokenizer(path)

@@ -11,7 +11,7 @@ this package re-exports what the rest of mt imports.
 
 from mt.config.bounds import BOOTSTRAP_BOUND, Bound, ConfigError, check_value
 from mt.config.decode import DecodeConfig, EvalConfig, TranslateConfig
-from mt.config.deploy import ExportConfig, ServeConfig, ServeOptions
+from mt.config.deploy import ExportConfig, ImportConfig, ServeConfig, ServeOptions
 from mt.config.prepare import CleanConfig, DataConfig, PrepareConfig, SpmConfig
 from mt.config.store import (
     CONFIG_DIR,
@@ -43,6 +43,7 @@ __all__ = [
     "DecodeConfig",
     "EvalConfig",
     "ExportConfig",
+    "ImportConfig",
     "ModelConfig",
     "PrepareConfig",
     "ServeConfig",

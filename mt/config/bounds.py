@@ -128,6 +128,7 @@ MODEL_BOUNDS = {
     "max_positions": Bound(1, 1_048_576),
     "max_relative_positions": Bound(0, 1_048_576),
     "attn_window": Bound(0),
+    "position_offset": Bound(0, 1_048_576),
 }
 TRAIN_BOUNDS = {
     "max_tokens": Bound(8),  # fewer cannot hold a pair of sentences with bos and eos

@@ -1,11 +1,30 @@
-"""Schemas of the stages that ship a trained run: `mt export` (`ExportConfig`) and `mt serve`
-(`ServeConfig` with its serve group, `ServeOptions`)."""
+"""Schemas of the stages that bring a run in or ship it out: `mt import` (`ImportConfig`),
+`mt export` (`ExportConfig`) and `mt serve` (`ServeConfig` with its serve group,
+`ServeOptions`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from mt.config.decode import DecodeConfig
+
+
+@dataclass
+class ImportConfig:
+    """`mt import`: a Hugging Face Marian (OPUS-MT) or M2M100 (NLLB) model -> an mt run folder."""
+
+    source: str = "???"
+    """A hub id (Helsinki-NLP/opus-mt-en-de) or a local folder written by save_pretrained with
+    its tokenizer files."""
+    run_dir: str = "???"
+    """Run folder to write (new, or an earlier import with force=true)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of a hub id; null: the default branch."""
+    src_lang: str | None = None
+    """M2M100 / NLLB: the source language code every input starts with (eng_Latn); null: the
+    tokenizer's own src_lang."""
+    force: bool = False
+    """Replace an earlier import in run_dir."""
 
 
 @dataclass

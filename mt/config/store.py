@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from mt.config.bounds import ConfigError
 from mt.config.decode import EvalConfig, TranslateConfig
-from mt.config.deploy import ExportConfig, ServeConfig
+from mt.config.deploy import ExportConfig, ImportConfig, ServeConfig
 from mt.config.prepare import PrepareConfig
 from mt.config.train import ModelConfig, TrainConfig
 
@@ -69,3 +69,4 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="serve_schema", node=ServeConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="import_schema", node=ImportConfig)

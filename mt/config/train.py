@@ -29,7 +29,7 @@ class ModelConfig:
     act_dropout: float = 0.0
     """Dropout after the feed-forward activation."""
     activation: str = "relu"
-    """relu | gelu."""
+    """relu | gelu | swish (SiLU, as most OPUS-MT models use)."""
     norm: str = "pre"
     """pre (LayerNorm before each block, default) | post (the original paper)."""
     positions: str = "sinusoidal"
@@ -44,6 +44,18 @@ class ModelConfig:
     """positions=relative: distances clip at +-this many tokens (> 0); 0 otherwise."""
     attn_window: int = 0
     """Self-attention sees only this many positions either side (decoder: back); 0 = all."""
+    scale_embeddings: bool = True
+    """Multiply token embeddings by sqrt(d_model) (false: as Marian models with
+    scale_embedding=false)."""
+    sinusoid: str = "vaswani"
+    """positions=sinusoidal table layout: vaswani (sin/cos interleaved, mt's own) | marian
+    (sin half, cos half) | fairseq (halves, frequency step log(10000)/(d_model/2 - 1): M2M100,
+    NLLB)."""
+    position_offset: int = 0
+    """Added to every position before the sinusoidal lookup (M2M100 and NLLB: 2)."""
+    output_bias: bool = False
+    """A fixed (untrained) bias on the output logits, as imported Marian and M2M100 models carry
+    (their final_logits_bias; -inf at ids the model never emits)."""
 
 
 @dataclass

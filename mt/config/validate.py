@@ -98,7 +98,8 @@ def validate_model(model: ModelConfig) -> None:
         raise ConfigError(
             f"model.d_model={model.d_model} is not divisible by model.n_heads={model.n_heads}."
         )
-    _check_choice("model.activation", model.activation, ("relu", "gelu"))
+    _check_choice("model.activation", model.activation, ("relu", "gelu", "swish"))
+    _check_choice("model.sinusoid", model.sinusoid, ("vaswani", "marian", "fairseq"))
     _check_choice("model.norm", model.norm, ("pre", "post"))
     _check_choice("model.positions", model.positions, ("sinusoidal", "learned", "rope", "relative"))
     _check_positions(model)

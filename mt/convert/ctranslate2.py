@@ -6,7 +6,10 @@ own sinusoids start at position 1 and lay out [sin | cos]), `add_source_eos` (mt
 self-attention over the whole head, half-split (`rotary_interleave=False`), base 10000, with no
 position table (cross-attention has none, in both); `positions=relative` its Shaw relative
 self-attention, whose `relative_position_keys` and `_values` [2k+1, Dh] rows are indexed
-clip(j - i, -k, k) + k as mt's tables are. The folder also holds the run's SentencePiece models.
+clip(j - i, -k, k) + k as mt's tables are. An imported model's options travel too: swish, its
+[sin | cos] table from its position offset, unscaled embeddings, and its output bias (with -inf
+at the ids it never emits) as the projection's bias. The folder also holds the run's tokenizer
+files (SentencePiece models, and an imported run's vocabulary files).
 """
 
 from __future__ import annotations
@@ -82,7 +85,11 @@ def ctranslate2_spec(
     except ImportError:
         raise missing_extra("ctranslate2") from None
     check_representable(hp, "ctranslate2")
-    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}
+    activation = {
+        "relu": common_spec.Activation.RELU,
+        "gelu": common_spec.Activation.GELU,
+        "swish": common_spec.Activation.SWISH,
+    }
     positions = hp.get("positions", "sinusoidal")
     kw: dict[str, Any] = dict(
         pre_norm=hp["norm"] == "pre", activation=activation[hp["activation"]],
@@ -109,7 +116,10 @@ def ctranslate2_spec(
     if hp["norm"] == "pre":
         _ct2_norm(enc.layer_norm, model.encoder.final_norm)
         _ct2_norm(dec.layer_norm, model.decoder.final_norm)
-    dec.projection.weight = _np(model.decoder.embed.tokens.weight)  # tied, no bias
+    enc.scale_embeddings = dec.scale_embeddings = hp.get("scale_embeddings", True)
+    dec.projection.weight = _np(model.decoder.embed.tokens.weight)  # tied
+    if model.output_bias is not None:  # an imported model's final_logits_bias
+        dec.projection.bias = _np(model.output_bias)
     spec.config.layer_norm_epsilon = 1e-5  # torch's LayerNorm default, which mt uses
     spec.config.add_source_eos = True  # mt encodes pieces + </s>
     spec.config.decoder_start_token = tgt_vocab[BOS_ID]
@@ -126,8 +136,8 @@ def write_ctranslate2(source: Source, out_dir: Path, quantization: str = "none")
     vocabs = pieces(source.src_tok), pieces(source.tgt_tok)
     save_ctranslate2(ctranslate2_spec(source.model, source.model_args, *vocabs), out_dir,
                      quantization)  # fmt: skip
-    for tok in {source.src_tok.path, source.tgt_tok.path}:
-        shutil.copyfile(tok, out_dir / tok.name)
+    for path in {*source.src_tok.files(), *source.tgt_tok.files()}:
+        shutil.copyfile(path, out_dir / path.name)
 
 
 def save_ctranslate2(spec: Any, out_dir: Path, quantization: str = "none") -> None:

@@ -8,6 +8,7 @@ from `mt.convert.hf_layout`.
 Both scale embeddings by sqrt(d_model) and tie the output layer to the target embedding, as mt
 does. The tokenizer is `MarianTokenizer` over mt's own SentencePiece model(s) with a vocab.json
 of its ids, so `AutoTokenizer` gives mt's ids (pad 0, unk 1, <s> 2, </s> 3) with no mt installed.
+A run made by `mt import` goes back to the class it came from instead (`mt.convert.reexport`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from mt import __version__
 from mt.config import DecodeConfig
 from mt.convert import hf_layout as hf
+from mt.convert.reexport import write_pretrained
 from mt.convert.source import Source, check_representable, missing_extra, pieces, positions_table
 from mt.decode.run import tuned_decoding
 from mt.errors import MTError
@@ -146,13 +148,13 @@ def _tokenizer_files(source: Source, out_dir: Path) -> None:
         target = {piece: i for i, piece in enumerate(pieces(source.tgt_tok))}
         text = json.dumps(target, ensure_ascii=False)
         (out_dir / hf.TARGET_VOCAB).write_text(text, encoding="utf-8")
-    sp = source.tgt_tok.sp
+    tok = source.tgt_tok
     config = {
         "tokenizer_class": "MarianTokenizer",
         "separate_vocabs": not shared,
-        "eos_token": sp.id_to_piece(EOS_ID),
-        "unk_token": sp.id_to_piece(UNK_ID),
-        "pad_token": sp.id_to_piece(PAD_ID),
+        "eos_token": tok.id_to_piece(EOS_ID),
+        "unk_token": tok.id_to_piece(UNK_ID),
+        "pad_token": tok.id_to_piece(PAD_ID),
         "model_max_length": source.model_args["max_positions"],
     }
     text = json.dumps(config, indent=2)
@@ -160,7 +162,11 @@ def _tokenizer_files(source: Source, out_dir: Path) -> None:
 
 
 def write_huggingface(source: Source, out_dir: Path) -> None:
-    """A folder that `AutoModelForSeq2SeqLM` / `AutoTokenizer.from_pretrained` load."""
+    """A folder that `AutoModelForSeq2SeqLM` / `AutoTokenizer.from_pretrained` load; an
+    imported run goes back into the class and tokenizer it came from."""
+    if source.pretrained is not None:
+        write_pretrained(source.model, source.pretrained, source.run.root, out_dir)
+        return
     model = _hf_model(source)
     model.generation_config.decoder_start_token_id = BOS_ID
     model.generation_config.max_length = source.model_args["max_positions"]

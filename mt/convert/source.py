@@ -23,7 +23,7 @@ from mt.decode.run import load_run
 from mt.errors import MTError
 from mt.model.transformer import Seq2Seq
 from mt.rundir import RunDir
-from mt.tokenizer import Tokenizer
+from mt.tokenizer import AnyTokenizer
 
 # The name each format's refusals give it.
 TARGETS = {"ctranslate2": "CTranslate2", "huggingface": "Hugging Face transformers"}
@@ -31,7 +31,7 @@ TARGETS = {"ctranslate2": "CTranslate2", "huggingface": "Hugging Face transforme
 # CTranslate2 has rotary (half-split) and Shaw relative self-attention; Marian and Pegasus
 # (and M2M100) add absolute positions to the embeddings only.
 _HELD_BY_BOTH: dict[str, tuple[Any, ...]] = {
-    "activation": ("relu", "gelu"),
+    "activation": ("relu", "gelu", "swish"),
     "norm": ("pre", "post"),
 }
 _REPRESENTABLE: dict[str, dict[str, tuple[Any, ...]]] = {  # positions first (check_representable)
@@ -45,6 +45,10 @@ _STRUCTURAL = {
     "d_ff", "dropout", "attn_dropout", "act_dropout", "max_positions", "share_embeddings",
     "pad_id", "max_relative_positions", *(k for held in _REPRESENTABLE.values() for k in held),
 }  # fmt: skip
+# Keys only CTranslate2 holds for any value: it takes the position table as written (any
+# sinusoid, from any offset), an unscaled embedding and an output bias. An imported run goes
+# back to Hugging Face in its own class instead (`mt.convert.reexport`).
+_CT2_STRUCTURAL = {"scale_embeddings", "sinusoid", "position_offset", "output_bias"}
 
 
 def missing_extra(package: str, what: str = "this") -> MTError:
@@ -63,10 +67,12 @@ class Source:
     checkpoint: Path
     model: Seq2Seq
     model_args: dict[str, Any]
-    src_tok: Tokenizer
-    tgt_tok: Tokenizer
+    src_tok: AnyTokenizer
+    tgt_tok: AnyTokenizer
     normalize: str
     direction: str = "?"  # e.g. en-de, as the data was prepared
+    pretrained: dict[str, Any] | None = None
+    """An imported run's source class, config and id maps (`mt import`), else None."""
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -87,7 +93,7 @@ def load_source(run_dir: str | Path, checkpoint: str | None) -> Source:
     return Source(
         RunDir(Path(run_dir)), loaded.checkpoint, loaded.model.float(), ckpt["model_args"],
         loaded.src_tok, loaded.tgt_tok, loaded.normalize_form,
-        str(ckpt.get("data", {}).get("direction", "?")),
+        str(ckpt.get("data", {}).get("direction", "?")), ckpt.get("pretrained"),
     )  # fmt: skip
 
 
@@ -103,18 +109,21 @@ def check_representable(model_args: dict[str, Any], fmt: str) -> None:
                 f"model.{key}={value} cannot be exported to {target}; it holds "
                 f"model.{key}={' | '.join(map(str, allowed))}."
             )
+    structural = _STRUCTURAL | (_CT2_STRUCTURAL if fmt == "ctranslate2" else set())
     for key, value in model_args.items():
-        if key not in _STRUCTURAL and value and value != defaults.get(key):
+        if key not in structural and value and value != defaults.get(key):
             raise MTError(f"model.{key}={value} cannot be exported to {target} yet.")
 
 
 def positions_table(model: Seq2Seq, side: str) -> Tensor:
     """The position table [P, D] a stack (`side`: encoder or decoder) adds to its embeddings
-    (sinusoidal or learned)."""
+    (sinusoidal or learned), from position 0: a sinusoidal table's offset rows are left out."""
     positions = getattr(model, side).embed.positions
-    return positions.table if hasattr(positions, "table") else positions.weight
+    if hasattr(positions, "table"):
+        return positions.table[positions.offset :]
+    return positions.weight
 
 
-def pieces(tok: Tokenizer) -> list[str]:
-    """The tokenizer's SentencePiece pieces, by id."""
-    return [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
+def pieces(tok: AnyTokenizer) -> list[str]:
+    """The tokenizer's pieces, by id."""
+    return tok.pieces()

@@ -113,12 +113,12 @@ class CT2Translator:
         )  # fmt: skip
         found = [list(zip(r.hypotheses, r.scores, strict=True)) for r in results]
         self._rescore(pieces, found, cap, prefix)
-        sp, lenpen = self.run.tgt_tok.sp, 1.0 if d.sampling else d.lenpen
+        tok, lenpen = self.run.tgt_tok, 1.0 if d.sampling else d.lenpen
         out = []
         for hyps in found:
             scored = []
             for tokens, logprob in hyps:
-                ids = [sp.piece_to_id(t) for t in tokens if t != "</s>"]
+                ids = [tok.piece_to_id(t) for t in tokens if t != "</s>"]
                 scored.append((ids, logprob / length_penalty(len(ids) + 1, lenpen)))
             scored.sort(key=lambda h: h[1], reverse=True)
             out.append(scored[: 1 if d.sampling else d.nbest])
@@ -159,13 +159,13 @@ class CT2Translator:
         todo = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
         lengths = [len(ids[i]) + 1 for i in todo]
         caps = dict(zip(todo, output_caps(self.run, self.decode, lengths), strict=True))
-        src_sp, tgt_sp = self.run.src_tok.sp, self.run.tgt_tok.sp
+        src_tok, tgt_tok = self.run.src_tok, self.run.tgt_tok
         for cap, group in groupby(todo, key=caps.__getitem__):
             rows = list(group)
-            pieces = [[src_sp.id_to_piece(t) for t in ids[i]] for i in rows]
+            pieces = [[src_tok.id_to_piece(t) for t in ids[i]] for i in rows]
             prefix = None
             if forced is not None:
-                prefix = [[tgt_sp.id_to_piece(t) for t in forced[i]] for i in rows]
+                prefix = [[tgt_tok.id_to_piece(t) for t in forced[i]] for i in rows]
             found = self._search(pieces, cap, prefix)
             for i, hyps in zip(rows, found, strict=True):
                 texts = self.run.tgt_tok.decode([h[0] for h in hyps])

@@ -58,14 +58,17 @@ def prefix_ids(
     where: str,
     first_line: int,
 ) -> list[list[int]] | None:
-    """Target ids of each line's prefix, or None without prefixes.
+    """Target ids of each line's prefix, or None without prefixes; a run whose outputs start
+    with a forced language code (imported NLLB) gets it in front of every prefix.
 
     Raises:
         MTError: If a prefix is longer than its line's output may be, naming the line.
     """
     if prefixes is None or not any(p.strip() for p in prefixes):
-        return None
+        return None if run.tgt_tag is None else [[run.tgt_tag] for _ in ids]
     forced = run.tgt_tok.encode(normalize(prefixes, run.normalize_form))
+    if run.tgt_tag is not None:
+        forced = [[run.tgt_tag, *seq] for seq in forced]
     caps = output_caps(run, decode, [len(seq) + 1 for seq in ids])
     for i, (seq, cap) in enumerate(zip(forced, caps, strict=True)):
         if len(seq) > cap:

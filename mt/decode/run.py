@@ -19,7 +19,7 @@ from mt.decode.ensemble import Ensemble
 from mt.errors import MTError
 from mt.model import transformer
 from mt.rundir import RunDir
-from mt.tokenizer import Tokenizer
+from mt.tokenizer import AnyTokenizer, load_tokenizer
 
 
 @dataclass
@@ -27,8 +27,8 @@ class LoadedRun:
     """A model ready for inference with its tokenizers and cleaning settings."""
 
     model: torch.nn.Module
-    src_tok: Tokenizer
-    tgt_tok: Tokenizer
+    src_tok: AnyTokenizer
+    tgt_tok: AnyTokenizer
     normalize_form: str
     max_len: int
     checkpoint: Path
@@ -37,7 +37,13 @@ class LoadedRun:
     tgt: str = ""
     """A bilingual run's target language ("" when unknown)."""
     src_tag: int | None = None
-    """Id every source starts with: the tag of decode.tgt_lang (see `for_target`)."""
+    """Id every source starts with: the tag of decode.tgt_lang (see `for_target`), or an
+    imported NLLB run's source language code."""
+    tgt_tag: int | None = None
+    """Id every output starts with (forced): an imported NLLB run's code of decode.tgt_lang."""
+    tags_on: str = "source"
+    """Where a multilingual run's tags go: "source" (mt's <2de>) or "target" (NLLB's codes,
+    forced as the first output token)."""
     run_dir: Path | None = None
     """The run folder it was loaded from (decode.shortlist caches its table there)."""
 
@@ -66,10 +72,11 @@ def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
         spm_path = run.spm(vocab["models"][side])
         if not spm_path.is_file():
             raise MTError(f"{spm_path} is missing: the run folder needs its SentencePiece model.")
-        tok = Tokenizer(spm_path)
+        tok = load_tokenizer(spm_path)
         if tok.sha256() != vocab["sha256"][side]:
             raise MTError(f"{paths[0]} was trained with another vocabulary than {spm_path}.")
         tokenizers[side] = tok
+    src_code = ckpts[0].get("data", {}).get("src_tag")  # an imported NLLB run's source code
     return LoadedRun(
         models[0] if len(models) == 1 else Ensemble(models).eval(),
         tokenizers["src"],
@@ -78,6 +85,7 @@ def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
         min(c["model_args"]["max_positions"] for c in ckpts),
         paths[0],
         **_languages(ckpts[0]),
+        src_tag=None if src_code is None else tokenizers["src"].piece_id(src_code),
         run_dir=Path(run_dir),
     )
 
@@ -86,7 +94,7 @@ def _languages(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The tags of a multilingual checkpoint, or the target language of a bilingual one."""
     data = ckpt.get("data", {})
     if data.get("tags"):
-        return {"tags": dict(data["tags"])}
+        return {"tags": dict(data["tags"]), "tags_on": data.get("tags_on", "source")}
     direction = data.get("direction") or "{src}-{tgt}".format(**ckpt["config"]["data"])
     return {"tgt": direction.partition("-")[2]}
 
@@ -104,6 +112,8 @@ def for_target(run: LoadedRun, tgt_lang: str | None) -> LoadedRun:
             raise MTError(
                 f"decode.tgt_lang={tgt_lang}: {run.checkpoint} translates into {languages} only."
             )
+        if run.tags_on == "target":
+            return dataclasses.replace(run, tgt_tag=run.tgt_tok.piece_id(run.tags[tgt_lang]))
         return dataclasses.replace(run, src_tag=run.src_tok.piece_id(run.tags[tgt_lang]))
     if tgt_lang is not None and run.tgt and tgt_lang != run.tgt:
         raise MTError(
@@ -132,7 +142,7 @@ def _normalize_form(ckpt: dict[str, Any]) -> str:
 
 def run_files(run: LoadedRun) -> list[Path]:
     """The files of a loaded run that an output must never replace."""
-    files = [run.checkpoint, run.src_tok.path, run.tgt_tok.path]
+    files = [run.checkpoint, *run.src_tok.files(), *run.tgt_tok.files()]
     if run.run_dir is not None:
         files += [run.run_dir / "config.yaml", *run.run_dir.glob("checkpoints/*.pt")]
     return files

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import torch
 from torch import nn
 
 from mt.config import ModelConfig, validate_model
@@ -53,8 +54,10 @@ def _embeddings(tokens: nn.Embedding, hp: ModelConfig) -> Embeddings:
     if hp.positions == "learned":
         positions = LearnedPositions(hp.max_positions, hp.d_model)
     elif hp.positions == "sinusoidal":
-        positions = SinusoidalPositions(hp.max_positions, hp.d_model)
-    return Embeddings(tokens, positions, hp.dropout)
+        positions = SinusoidalPositions(
+            hp.max_positions, hp.d_model, hp.sinusoid, hp.position_offset
+        )
+    return Embeddings(tokens, positions, hp.dropout, hp.scale_embeddings)
 
 
 def _layer_kwargs(hp: ModelConfig) -> dict[str, Any]:
@@ -92,6 +95,16 @@ def _decoder(tokens: nn.Embedding, hp: ModelConfig) -> Decoder:
     return Decoder(embed, layers, _final_norm(hp), hp.attn_window)
 
 
+def _seq2seq(hp: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int) -> Seq2Seq:
+    """Embeddings (one matrix when shared), both stacks and the output bias, if any."""
+    tgt_tokens = _token_embedding(tgt_vocab_size, hp.d_model, pad_id)
+    src_tokens = (
+        tgt_tokens if hp.share_embeddings else _token_embedding(src_vocab_size, hp.d_model, pad_id)
+    )
+    bias = torch.zeros(tgt_vocab_size) if hp.output_bias else None
+    return Seq2Seq(_encoder(src_tokens, hp), _decoder(tgt_tokens, hp), pad_id, bias)
+
+
 def transformer(
     *,
     src_vocab_size: int,
@@ -111,9 +124,14 @@ def transformer(
     share_embeddings: bool = True,
     max_relative_positions: int = 0,
     attn_window: int = 0,
+    scale_embeddings: bool = True,
+    sinusoid: str = "vaswani",
+    position_offset: int = 0,
+    output_bias: bool = False,
     pad_id: int = 0,
 ) -> Seq2Seq:
-    """Build an encoder-decoder Transformer.
+    """Build an encoder-decoder Transformer, initialised: xavier-uniform linears, zero biases,
+    normal(0, D**-0.5) embeddings.
 
     Args:
         src_vocab_size: Source vocabulary size.
@@ -126,7 +144,7 @@ def transformer(
         dropout: Dropout on embeddings+positions and on every residual branch.
         attn_dropout: Dropout on attention probabilities (inside SDPA, training only).
         act_dropout: Dropout after the feed-forward activation.
-        activation: "relu" or "gelu".
+        activation: "relu", "gelu" or "swish" (SiLU).
         norm: "pre" (LayerNorm before each sublayer plus a final one per stack) or "post".
         positions: "sinusoidal" | "learned" (embeddings) | "rope" | "relative" (self-attention).
         max_positions: Longest source/target sequence the sinusoidal/learned positions cover.
@@ -134,21 +152,16 @@ def transformer(
             vocabularies); else separate source and target ones, the output tied to the target.
         max_relative_positions: k > 0 clips relative distances (positions="relative" only).
         attn_window: W > 0: self-attention sees W positions either side (decoder: back); 0: all.
+        scale_embeddings, sinusoid, position_offset, output_bias: Token embeddings times
+            sqrt(D) or not; the sinusoidal table's layout and position offset
+            (`mt.model.layers.SinusoidalPositions`); a fixed logit bias [V] (zero until set).
         pad_id: Padding id; its embedding row starts at zero and gets no gradient from lookups.
 
-    Returns:
-        The model, initialised: xavier-uniform linears, zero biases, normal(0, D**-0.5) embeddings.
-
     Raises:
-        ValueError: If a hyperparameter is invalid (`mt.config.validate_model` checks all but the
-            vocabulary keys); the message names the key.
+        ValueError: If a hyperparameter is invalid, naming the key (`mt.config.validate_model`).
     """
     args = dict(locals())  # every ModelConfig field is an argument of the same name
     hp = ModelConfig(**{f.name: args[f.name] for f in fields(ModelConfig)})
     validate_model(hp)
     _check_vocabulary(src_vocab_size, tgt_vocab_size, pad_id, share_embeddings)
-    tgt_tokens = _token_embedding(tgt_vocab_size, d_model, pad_id)
-    src_tokens = (
-        tgt_tokens if share_embeddings else _token_embedding(src_vocab_size, d_model, pad_id)
-    )
-    return Seq2Seq(_encoder(src_tokens, hp), _decoder(tgt_tokens, hp), pad_id=pad_id)
+    return _seq2seq(hp, src_vocab_size, tgt_vocab_size, pad_id)

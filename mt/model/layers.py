@@ -18,7 +18,15 @@ from mt.model.cache import KVCache
 from mt.model.packing import Packing
 from mt.model.positions import rotate_by
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+# swish is SiLU, x * sigmoid(x): most OPUS-MT (Marian) models use it
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "swish": F.silu,
+}
+
+# Layouts of the sinusoidal position table (`sinusoidal_table`), by the toolkit that uses them.
+SINUSOIDS = ("vaswani", "marian", "fairseq")
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -56,29 +64,60 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-def sinusoidal_table(n_positions: int, d_model: int) -> Tensor:
-    """Fixed positions of Vaswani et al. (2017), sin on even and cos on odd dims -> [P, D]."""
+def sinusoidal_table(n_positions: int, d_model: int, sinusoid: str = "vaswani") -> Tensor:
+    """Fixed positions of Vaswani et al. (2017) -> [P, D], in one of three layouts.
+
+    Dimension pair i (of D/2) turns at frequency w_i for position p:
+    - "vaswani" (mt's own): w_i = 10000**(-2i / D), sin on even and cos on odd dimensions;
+    - "marian" (Marian / OPUS-MT): the same frequencies, sin in the first half, cos in the second;
+    - "fairseq" (fairseq, M2M100 / NLLB, CTranslate2): w_i = 10000**(-i / (D/2 - 1)), sin in
+      the first half, cos in the second.
+    """
+    half = d_model // 2
+    if sinusoid == "fairseq":  # in float32, as fairseq and M2M100 compute it, to the last bit
+        freq = torch.exp(torch.arange(half).float() * -(math.log(1e4) / (half - 1)))
+        angles32 = torch.arange(n_positions).float()[:, None] * freq[None, :]  # [P, D/2]
+        table32 = torch.zeros(n_positions, d_model)
+        table32[:, : 2 * half] = torch.cat([torch.sin(angles32), torch.cos(angles32)], dim=1)
+        return table32  # an odd D leaves the last dimension zero
     pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
-    inv_freq = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float64) * -(math.log(1e4) / d_model)
-    )
+    i = torch.arange(0, (d_model + 1) // 2, dtype=torch.float64)
+    angles = pos * torch.exp(i * -(2 * math.log(1e4) / d_model))  # [P, ceil(D/2)]
     table = torch.zeros(n_positions, d_model, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(pos * inv_freq)
-    table[:, 1::2] = torch.cos(pos * inv_freq)[:, : d_model // 2]
+    if sinusoid == "vaswani":
+        table[:, 0::2] = torch.sin(angles)
+        table[:, 1::2] = torch.cos(angles)[:, :half]
+    else:  # marian: an odd D gives the sines the extra dimension, as Marian does
+        table[:, : d_model - half] = torch.sin(angles)
+        table[:, d_model - half :] = torch.cos(angles)[:, :half]
     return table.float()
 
 
 class SinusoidalPositions(nn.Module):
-    """Sinusoidal position table as a non-persistent buffer (not saved in checkpoints)."""
+    """Sinusoidal position table as a non-persistent buffer (not saved in checkpoints).
+
+    Args:
+        max_positions: Positions the table covers, from 0.
+        d_model: D.
+        sinusoid: The table's layout (`sinusoidal_table`).
+        offset: Added to every position before the lookup: M2M100 counts positions from its
+            padding id + 1 (2), so its first token sits at row 2 of the table.
+    """
 
     table: Tensor
 
-    def __init__(self, max_positions: int, d_model: int) -> None:
+    def __init__(
+        self, max_positions: int, d_model: int, sinusoid: str = "vaswani", offset: int = 0
+    ) -> None:
         super().__init__()
-        self.register_buffer("table", sinusoidal_table(max_positions, d_model), persistent=False)
+        table = sinusoidal_table(max_positions + offset, d_model, sinusoid)
+        self.register_buffer("table", table, persistent=False)
+        self.offset = offset
 
     def forward(self, positions: Tensor) -> Tensor:
         """LongTensor [N] -> [N, D]."""
+        if self.offset:
+            positions = positions + self.offset
         return F.embedding(positions, self.table)
 
 
@@ -96,20 +135,24 @@ class LearnedPositions(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token embedding * sqrt(D) + positions, then dropout.
+    """Token embedding * sqrt(D) (or * 1) + positions, then dropout.
 
     Args:
         tokens: Token embedding [V, D] (possibly shared with another stack / the output layer).
         positions: `SinusoidalPositions` or `LearnedPositions`; None when positions enter
             self-attention instead (rope, relative).
         dropout: Dropout on the sum.
+        scale: Multiply the token embeddings by sqrt(D); False leaves them as they are (Marian
+            models with `scale_embedding=False`).
     """
 
-    def __init__(self, tokens: nn.Embedding, positions: nn.Module | None, dropout: float) -> None:
+    def __init__(
+        self, tokens: nn.Embedding, positions: nn.Module | None, dropout: float, scale: bool = True
+    ) -> None:
         super().__init__()
         self.tokens = tokens
         self.positions = positions
-        self.scale = math.sqrt(tokens.embedding_dim)
+        self.scale = math.sqrt(tokens.embedding_dim) if scale else 1.0
         self.dropout = Dropout(dropout)
 
     def forward(self, ids: Tensor, positions: Tensor) -> Tensor:

@@ -181,13 +181,21 @@ class Seq2Seq(nn.Module):
         encoder: Source-side stack.
         decoder: Target-side stack; `decoder.embed.tokens.weight` [V, D] is the output projection.
         pad_id: Padding token id.
+        output_bias: A fixed bias [V] added to every logit (a buffer, saved with the weights),
+            or None (mt's own models: no bias, and no such key in the state dict). Imported
+            models hold their `final_logits_bias` here, with -inf at the ids they never emit.
     """
 
-    def __init__(self, encoder: Encoder, decoder: Decoder, pad_id: int) -> None:
+    output_bias: Tensor | None
+
+    def __init__(
+        self, encoder: Encoder, decoder: Decoder, pad_id: int, output_bias: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.pad_id = pad_id
+        self.register_buffer("output_bias", output_bias)
         # The output projection laid out for CPU decoding: set on copies made for inference by
         # mt.decode.layout.quantize_int8 (int8) and onednn_layout (fp32).
         self.output_rows: Int8Rows | OneDNNRows | None = None
@@ -217,10 +225,13 @@ class Seq2Seq(nn.Module):
         return packing.unpack(hidden)
 
     def project(self, hidden: Tensor) -> Tensor:
-        """Hidden [..., D] -> logits [..., V] with the tied target embedding (no bias)."""
+        """Hidden [..., D] -> logits [..., V] with the tied target embedding (and the output
+        bias, if the model has one)."""
         if self.output_rows is not None:
-            return self.output_rows(hidden)
-        return F.linear(hidden, self.decoder.embed.tokens.weight)
+            logits = self.output_rows(hidden)
+        else:
+            logits = F.linear(hidden, self.decoder.embed.tokens.weight)
+        return logits if self.output_bias is None else logits + self.output_bias
 
     def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits; pad positions of tgt_in are skipped and get all-zero logits.
@@ -289,14 +300,17 @@ class Seq2Seq(nn.Module):
         those ids, sliced once, laid out as `output_rows` lays out the whole projection (int8,
         or fp32 for oneDNN) or in the dtype autocast would cast them to (so no step casts them
         again: autocast caches casts of parameters only)."""
+        bias = None if self.output_bias is None else self.output_bias[vocab]  # [C]
         if self.output_rows is not None:
-            return self.output_rows.rows(vocab.cpu())
+            laid_out = self.output_rows.rows(vocab.cpu())
+            return laid_out if bias is None else lambda hidden: laid_out(hidden) + bias
         weight = self.decoder.embed.tokens.weight
         rows = weight.index_select(0, vocab.to(weight.device))
         device = weight.device.type
         if torch.is_autocast_enabled(device):
             rows = rows.to(torch.get_autocast_dtype(device))
-        return functools.partial(F.linear, weight=rows)
+            bias = None if bias is None else bias.to(rows.dtype)
+        return functools.partial(F.linear, weight=rows, bias=bias)
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """Last token of each row, tokens [N] -> logits [N, V] for the next position.

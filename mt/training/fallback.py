@@ -27,7 +27,7 @@ from mt.config import FALLBACK_SIZES, TrainConfig, fallback_model
 from mt.data import ParallelData, epoch_batches
 from mt.errors import MTError
 from mt.manifest import Manifest
-from mt.rundir import RunDir
+from mt.rundir import RunDir, same_model
 from mt.runtime import Dist, all_reduce_max, grad_scaler
 from mt.tracking import Tracker
 from mt.training.setup import build_optimization, resolve_model_args
@@ -55,7 +55,7 @@ def fit_model_to_minutes(
     fallback = dataclasses.replace(cfg, model=fallback_model(cfg.model, t.fallback_model))
     if run.trained:
         recorded = _recorded_model_args(run)
-        chosen = fallback if recorded == resolve_model_args(fallback, manifest) else cfg
+        chosen = fallback if same_model(recorded, resolve_model_args(fallback, manifest)) else cfg
     else:
         chosen = _timed_choice(cfg, fallback, manifest, data_dir, device, precision, dist)
     if chosen is fallback and dist.is_main:  # run_train wrote the configured model first

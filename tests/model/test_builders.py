@@ -87,7 +87,9 @@ def test_preset_returns_seq2seq_with_pad_id() -> None:
     ("change", "key"),
     [
         ({"d_model": 250, "n_heads": 4}, "model.d_model=250 is not divisible by model.n_heads=4"),
-        ({"activation": "swish"}, "model.activation"),
+        ({"activation": "mish"}, "model.activation"),
+        ({"sinusoid": "t5"}, "model.sinusoid"),
+        ({"position_offset": -1}, "model.position_offset"),
         ({"norm": "sandwich"}, "model.norm"),
         ({"positions": "rotary"}, "model.positions"),
         ({"tgt_vocab_size": 41}, "model.share_embeddings"),
@@ -147,3 +149,30 @@ def test_learned_positions_option() -> None:
     model = transformer(**{**BASE, "positions": "learned", "max_positions": 20})
     assert isinstance(model.encoder.embed.positions, LearnedPositions)
     assert model.encoder.embed.positions.weight.shape == (20, 16)
+
+
+def test_swish_is_silu() -> None:
+    model = transformer(**{**BASE, "activation": "swish"})
+    ffn = model.encoder.layers[0].ffn
+    x = torch.randn(3, ffn.fc1.in_features)
+    torch.testing.assert_close(ffn(x), ffn.fc2(torch.nn.functional.silu(ffn.fc1(x))))
+
+
+def test_output_bias_is_added_to_every_projection_and_saved_only_when_set() -> None:
+    assert "output_bias" not in transformer(**BASE).state_dict()  # mt's own: as before
+    torch.manual_seed(0)
+    model = transformer(**{**BASE, "output_bias": True}).eval()
+    assert model.output_bias is not None and model.output_bias.abs().sum() == 0
+    model.output_bias.normal_()
+    hidden = torch.randn(2, BASE["d_model"])
+    plain = torch.nn.functional.linear(hidden, model.decoder.embed.tokens.weight)
+    torch.testing.assert_close(model.project(hidden), plain + model.output_bias)
+    vocab = torch.tensor([2, 3, 7])
+    shortlist = model._shortlist_projection(vocab)
+    torch.testing.assert_close(shortlist(hidden), plain[:, vocab] + model.output_bias[vocab])
+    assert "output_bias" in model.state_dict()
+    from mt.decode.layout import onednn_layout, quantize_int8  # the inference layouts
+
+    torch.testing.assert_close(onednn_layout(model).project(hidden), model.project(hidden))
+    int8 = quantize_int8(model).project(hidden)
+    torch.testing.assert_close(int8, model.project(hidden), atol=0.1, rtol=0.05)

@@ -82,3 +82,34 @@ def test_embeddings_scale_tokens_by_sqrt_d_and_add_positions() -> None:
     ids, positions = torch.tensor([3, 0, 7]), torch.tensor([0, 5, 2])
     expected = 4.0 * tokens.weight[ids] + sinusoidal_table(8, 16)[positions]
     torch.testing.assert_close(embed(ids, positions), expected)
+
+
+@pytest.mark.parametrize("d_model", [8, 9])
+def test_sinusoid_layouts_are_the_three_toolkits_tables(d_model: int) -> None:
+    half, p = d_model // 2, torch.arange(6, dtype=torch.float64)[:, None]
+    i = torch.arange((d_model + 1) // 2, dtype=torch.float64)
+    angles = p * 1e4 ** (-2 * i / d_model)  # Vaswani's frequencies, [P, ceil(D/2)]
+    vaswani, marian = torch.zeros(6, d_model), torch.zeros(6, d_model)
+    vaswani[:, 0::2], vaswani[:, 1::2] = angles.sin(), angles.cos()[:, :half]
+    marian[:, : d_model - half], marian[:, d_model - half :] = angles.sin(), angles.cos()[:, :half]
+    step = math.log(1e4) / (half - 1)  # fairseq's frequencies over half the dimensions
+    fair = p * torch.exp(torch.arange(half, dtype=torch.float64) * -step)
+    fairseq = torch.zeros(6, d_model)
+    fairseq[:, :half], fairseq[:, half : 2 * half] = fair.sin(), fair.cos()  # odd D: last is 0
+    for name, want in (("vaswani", vaswani), ("marian", marian), ("fairseq", fairseq)):
+        torch.testing.assert_close(sinusoidal_table(6, d_model, name), want, atol=1e-6, rtol=0)
+
+
+def test_position_offset_shifts_the_lookup() -> None:
+    positions = SinusoidalPositions(10, 8, "fairseq", offset=2)
+    assert positions.table.shape == (12, 8)  # every position up to max_positions fits
+    want = sinusoidal_table(12, 8, "fairseq")[2:5]
+    torch.testing.assert_close(positions(torch.arange(3)), want, atol=0, rtol=0)
+
+
+def test_embeddings_scale_by_sqrt_d_unless_told_not_to() -> None:
+    tokens = torch.nn.Embedding(5, 16)
+    ids, pos = torch.tensor([1, 2]), torch.tensor([0, 1])
+    scaled, plain = Embeddings(tokens, None, 0.0), Embeddings(tokens, None, 0.0, scale=False)
+    torch.testing.assert_close(scaled(ids, pos), tokens(ids) * 4.0)
+    torch.testing.assert_close(plain(ids, pos), tokens(ids))

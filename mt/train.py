@@ -35,7 +35,7 @@ from mt.runtime import (
 from mt.tracking import setup_logging
 from mt.training.fallback import faster_precision, fit_model_to_minutes
 from mt.training.final import final_scores
-from mt.training.setup import build_trainer
+from mt.training.setup import build_trainer, compile_counts
 from mt.training.state import TrainState
 from mt.training.stopping import graceful_stop, stopped
 from mt.training.trainer import Trainer
@@ -92,11 +92,15 @@ def _fit(trainer: Trainer, dist_timeout: float) -> TrainState:
     with Heartbeat(trainer.dist.rank, world) as beat:
         trainer.heartbeat = beat
         try:
-            return trainer.fit()
+            state = trainer.fit()
         except RuntimeError as exc:
             if world == 1 or not collective_failed(exc):
                 raise
             raise MTError(job_failure(beat, dist_timeout, exc)) from None
+    if trainer.cfg.compile:
+        log.info("train.compile: %(graphs)d graphs compiled, %(recompiles)d recompilations",
+                 compile_counts())  # fmt: skip
+    return state
 
 
 def _data_dir(cfg: TrainConfig, dist: Dist) -> Path:

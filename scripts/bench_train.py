@@ -2,14 +2,16 @@
 
     python scripts/bench_train.py [--presets small,base] [--precisions fp32,bf16] [--seconds 25]
     python scripts/bench_train.py --device cuda --presets base,big --precisions bf16,fp16
+    python scripts/bench_train.py --presets mini,small --compile   # eager against compiled
     python scripts/bench_train.py --smoke          # seconds: `tiny`, fp32, a synthetic corpus
 
 Batches come from Multi30k (MT_MULTI30K, default ../shared/data/multi30k, joint 8k
 SentencePiece, at most 4,096 padded tokens per batch); without it, from a synthetic corpus.
 Both systems train on the same batches with label-smoothed cross-entropy, AdamW and gradient
 clipping, in alternating rounds so machine drift hits both alike. Prints target tokens/s, the
-ratio ours / Hugging Face, and the share of the measured matmul peak each achieves; the last
-line is one JSON object with every figure. --smoke checks that it runs: the `tiny` preset in
+ratio ours / Hugging Face, and the share of the measured matmul peak each achieves (with
+--compile, also mt under train.compile and its ratio to eager mt); the last line is one JSON
+object with every figure. --smoke checks that it runs: the `tiny` preset in
 fp32 for a second per system, 4 batches of a 2,000-pair synthetic corpus (1,000 pieces).
 """
 
@@ -42,6 +44,7 @@ from mt.prepare import run_prepare
 from mt.runtime import autocast, bf16_supported, grad_scaler
 from mt.tokenizer import PAD_ID
 from mt.tracking import Tracker
+from mt.training.setup import compile_counts, compiled
 from mt.training.trainer import Trainer
 
 
@@ -105,13 +108,22 @@ def measure_peak(dtype: torch.dtype, device: torch.device, seconds: float = 3.0)
 
 
 class Ours:
-    """mt's real Trainer.train_step."""
+    """mt's real Trainer.train_step; with `compile`, under train.compile's torch.compile."""
 
-    def __init__(self, cfg: ModelConfig, vocab: int, precision: str, device: torch.device) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab: int,
+        precision: str,
+        device: torch.device,
+        compile: bool = False,
+    ) -> None:
         torch.manual_seed(0)
         model = transformer(**vars(cfg), src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=PAD_ID)
         model.to(device)
         loss_fn = Seq2SeqLoss(model, 0.1, PAD_ID)
+        if compile:
+            loss_fn = compiled(loss_fn)
         opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-8, 0.0, device)
         self.trainer = Trainer(
             model=model,
@@ -197,15 +209,19 @@ def compare(
     seconds: float,
     rounds: int,
     device: torch.device,
+    compile: bool = False,
 ) -> dict:
     cfg = model_preset(preset)
     systems = {
         "mt": Ours(cfg, vocab, precision, device),
         "hf": HuggingFace(cfg, vocab, precision, device),
     }
-    for system in systems.values():  # warm-up: allocator, oneDNN primitives / CUDA kernels
-        run_for(system, batches, 0.0, 0, device)
-        run_for(system, batches, 0.0, 1, device)
+    if compile:
+        systems["mt_compiled"] = Ours(cfg, vocab, precision, device, compile=True)
+    for system in systems.values():  # warm-up: allocator, oneDNN primitives / CUDA kernels,
+        for batch in batches[:3]:  # and torch.compile's graphs
+            system.step(batch)
+    _sync(device)
     totals = {name: [0.0, 0.0] for name in systems}
     cursors = dict.fromkeys(systems, 0)
     for _ in range(rounds):
@@ -225,6 +241,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=24.0, help="per system, small preset")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--compile", action="store_true", help="also time mt under train.compile (torch.compile)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     args = parser.parse_args()
     peak_s = 3.0
@@ -265,7 +284,7 @@ def main() -> None:
         flops = matmul_flops_per_token(model_preset(preset), vocab, src_tokens, tgt_tokens)
         seconds = args.seconds * (2.0 if preset != "small" else 1.0)
         for precision in precisions:
-            speed = compare(preset, precision, batches, vocab, seconds, 3, device)
+            speed = compare(preset, precision, batches, vocab, seconds, 3, device, args.compile)
             ratio = speed["mt"] / speed["hf"]
             share = {k: v * flops / peaks[precision] for k, v in speed.items()}
             print(
@@ -279,6 +298,13 @@ def main() -> None:
                 "ratio": round(ratio, 3),
                 "mt_peak_share": round(share["mt"], 3), "hf_peak_share": round(share["hf"], 3),
             }  # fmt: skip
+            if "mt_compiled" in speed:
+                gain = speed["mt_compiled"] / speed["mt"]
+                print(f"{preset:<6} {precision}: mt compiled {speed['mt_compiled']:7.0f} tgt tok/s "
+                      f"({share['mt_compiled']:.0%} of peak) | compiled / eager {gain:.2f}x "
+                      f"({compile_counts()['graphs']} graphs so far)", flush=True)  # fmt: skip
+                results[f"{preset}_{precision}"]["mt_compiled_tok_s"] = round(speed["mt_compiled"])
+                results[f"{preset}_{precision}"]["compiled_over_eager"] = round(gain, 3)
             if preset == "small":
                 results[f"ratio_{precision}"] = round(ratio, 3)
     print_json(results)

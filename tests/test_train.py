@@ -81,6 +81,26 @@ def test_auto_precision_on_cpu_trains_in_the_faster_of_bf16_and_fp32(prepared_di
     assert f"cpu, {chosen}," in log  # the run trains in the chosen precision
 
 
+def _step_losses(run) -> list[float]:
+    log = (run / "train.log").read_text()
+    return [float(m) for m in re.findall(r"step \d+ epoch \d+ \| loss ([\d.]+)", log)]
+
+
+def test_compiled_training_takes_the_steps_of_eager_training(prepared_dir, tmp_path):
+    """train.compile=true (torch.compile, dynamic shapes): the same losses step by step as
+    eager training on the same batches, without a recompilation per batch shape."""
+    same = ("train.max_steps=6", "train.log_every=1", "model.dropout=0",
+            "train.tune_decoding=false")  # fmt: skip
+    run_train(train_config(prepared_dir, tmp_path / "eager", *same))
+    run_train(train_config(prepared_dir, tmp_path / "compiled", *same, "train.compile=true"))
+    eager, compiled = _step_losses(tmp_path / "eager"), _step_losses(tmp_path / "compiled")
+    assert len(eager) == len(compiled) == 6
+    assert compiled == pytest.approx(eager, rel=2e-3)
+    counts = re.search(r"train.compile: (\d+) graphs compiled, (\d+) recompilations",
+                       (tmp_path / "compiled" / "train.log").read_text())  # fmt: skip
+    assert counts and int(counts[2]) < 6  # not one per step
+
+
 def test_run_folder_contents(prepared_dir, tmp_path):
     run = tmp_path / "r"
     run_train(

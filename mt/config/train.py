@@ -112,7 +112,9 @@ class TrainLoopConfig:
     threads: int = 0
     """CPU threads for PyTorch; 0 keeps its default (all cores)."""
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """Train the model under torch.compile with dynamic shapes (one graph for the varying
+    batch shapes of token batching); the log counts graphs and recompilations. Off by default:
+    `python scripts/bench_train.py --compile` measures whether it pays on a machine."""
     tune_decoding: bool = True
     """At the end, decode validation with the final checkpoint under every train.tune_beams x
     train.tune_lenpens pair and store the best by BLEU in RUN_DIR/decoding.json: the beam and

@@ -52,6 +52,28 @@ class Optimization:
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
+def compiled(loss_fn: torch.nn.Module) -> torch.nn.Module:
+    """The loss (and the model inside it) under torch.compile, for train.compile=true.
+
+    Shapes are dynamic from the first call: token batching gives nearly every batch its own
+    (B, S, T), and static shapes would compile one graph per shape. `compile_counts` says how
+    many graphs were compiled; `python scripts/bench_train.py --compile` times compiled
+    against eager updates.
+    """
+    return torch.compile(loss_fn, dynamic=True)
+
+
+def compile_counts() -> dict[str, int]:
+    """Graphs torch.compile has compiled in this process, and how many were recompilations
+    (a guard failed on a new batch)."""
+    from torch._dynamo.utils import counters  # imports dynamo: only runs that compile pay for it
+
+    return {
+        "graphs": int(counters["stats"]["unique_graphs"]),
+        "recompiles": int(sum(counters["recompiles"].values())),
+    }
+
+
 def build_optimization(
     cfg: TrainConfig, model_args: dict[str, Any], device: torch.device, dist: Dist, clock: Stopwatch
 ) -> Optimization:
@@ -67,7 +89,7 @@ def build_optimization(
         ids = [device.index] if device.type == "cuda" else None
         loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
     if cfg.train.compile:
-        loss_fn = torch.compile(loss_fn)
+        loss_fn = compiled(loss_fn)
     t = cfg.train
     optimizer = build_optimizer(model, t.lr, tuple(t.betas), t.eps, t.weight_decay, device)
     seconds = t.max_minutes * 60

@@ -19,6 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "distill.sh"
 STUDENT = [
     "model=tiny",
     "train.device=cpu",
+    "train.tune_decoding=false",
     "train.precision=fp32",
     "train.max_tokens=512",
     "train.max_steps=4",

@@ -31,7 +31,8 @@ def _free_port() -> int:
 def _train_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "-m", "mt", "train", f"data_dir={data_dir}", f"run_dir={run_dir}", "model=tiny",
-        "train.device=cpu", "train.precision=fp32", "train.max_tokens=256", "train.lr=3e-3",
+        "train.device=cpu", "train.tune_decoding=false", "train.precision=fp32",
+        "train.max_tokens=256", "train.lr=3e-3",
         "train.warmup_steps=2", "train.valid_bleu=false", "train.log_every=1", *extra,
     ]  # fmt: skip
 

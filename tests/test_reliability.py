@@ -22,6 +22,7 @@ def _start_train(prepared_dir, run_dir, *extra):
         f"run_dir={run_dir}",
         "model=tiny",
         "train.device=cpu",
+        "train.tune_decoding=false",
         "train.precision=fp32",
         "train.max_tokens=256",
         "train.valid_bleu=false",

@@ -44,7 +44,8 @@ def slow_eval_dir(tmp_path_factory):
 def _start_train(data_dir, run_dir, *extra):
     args = [
         *MT.split(), "train", f"data_dir={data_dir}", f"run_dir={run_dir}", "model=tiny",
-        "train.device=cpu", "train.precision=fp32", "train.threads=1", "train.max_tokens=256",
+        "train.device=cpu", "train.tune_decoding=false", "train.precision=fp32",
+        "train.threads=1", "train.max_tokens=256",
         "train.max_steps=2", "train.valid_bleu=true", "train.log_every=1", *extra,
     ]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -28,8 +28,8 @@ def test_the_grid_tries_the_defaults_first_so_ties_keep_them():
 def test_training_tunes_decoding_on_validation_and_records_it(prepared_dir, tmp_path):
     run = tmp_path / "run"
     cfg = train_config(
-        prepared_dir, run, "train.max_steps=30", "train.tune_beams=[1,3]",
-        "train.tune_lenpens=[0.5,1.0]",
+        prepared_dir, run, "train.max_steps=30", "train.tune_decoding=true",
+        "train.tune_beams=[1,3]", "train.tune_lenpens=[0.5,1.0]",
     )  # fmt: skip
     results = run_train(cfg)
     stored = json.loads(RunDir(run).decoding.read_text())

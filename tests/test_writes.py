@@ -208,7 +208,7 @@ def test_a_deleted_shard_is_a_sentence(prepared_dir, tmp_path):
     (data / "valid.tgt.offsets.npy").unlink()
     result = mt(
         "train", f"data_dir={data}", f"run_dir={tmp_path / 'run'}", "model=tiny",
-        "train.max_steps=1", "train.device=cpu",
+        "train.max_steps=1", "train.device=cpu", "train.tune_decoding=false",
     )  # fmt: skip
     assert_clean_error(result, "valid.tgt.offsets.npy is missing", "force=true")
 
@@ -246,6 +246,7 @@ def test_training_on_a_full_disk_stops_with_a_sentence(prepared_dir, small_fs):
     run = point / "r"
     mt_train = (
         "train", f"data_dir={prepared_dir}", f"run_dir={run}", "model=tiny", "train.device=cpu",
+        "train.tune_decoding=false",
         "train.valid_every=1", "train.valid_bleu=false", "train.threads=1",
     )  # fmt: skip
     assert mt(*mt_train, "train.max_steps=2").returncode == 0

@@ -12,7 +12,13 @@ this package re-exports what the rest of mt imports.
 from mt.config.bounds import BOOTSTRAP_BOUND, Bound, ConfigError, check_value
 from mt.config.decode import DecodeConfig, EvalConfig, TranslateConfig
 from mt.config.deploy import ExportConfig, ImportConfig, ServeConfig, ServeOptions
-from mt.config.prepare import CleanConfig, DataConfig, PrepareConfig, SpmConfig
+from mt.config.prepare import (
+    CleanConfig,
+    DataConfig,
+    PrepareConfig,
+    SpmConfig,
+    TokenizerConfig,
+)
 from mt.config.store import (
     CONFIG_DIR,
     FALLBACK_SIZES,
@@ -50,6 +56,7 @@ __all__ = [
     "ServeOptions",
     "SpmConfig",
     "TrainConfig",
+    "TokenizerConfig",
     "TrainLoopConfig",
     "TranslateConfig",
     "check_value",

@@ -22,7 +22,9 @@ from mt.config.prepare import (
 from mt.config.store import (
     CONFIG_DIR,
     FALLBACK_SIZES,
+    FINETUNE_FREE,
     fallback_model,
+    init_from_overrides,
     model_preset,
     register_configs,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "BOOTSTRAP_BOUND",
     "CONFIG_DIR",
     "FALLBACK_SIZES",
+    "FINETUNE_FREE",
     "Bound",
     "CleanConfig",
     "ConfigError",
@@ -62,6 +65,7 @@ __all__ = [
     "check_value",
     "direction_pair",
     "fallback_model",
+    "init_from_overrides",
     "model_preset",
     "register_configs",
     "validate_decode",

@@ -129,6 +129,8 @@ def _start_run_dir(
         carry_over(init, run)
     run.config.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     setup_logging(run.log, is_main=True)
+    if init is not None:
+        log.info("starting from %s (init_from): step 0, a fresh optimizer", init.checkpoint)
 
 
 def _resume(trainer: Trainer) -> None:

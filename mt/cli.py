@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mt import __version__
-from mt.config import CONFIG_DIR, ConfigError, register_configs
+from mt.config import CONFIG_DIR, ConfigError, init_from_overrides, register_configs
 from mt.errors import MTError, Stopped
 from mt.files import describe_os_error
 
@@ -212,6 +212,11 @@ def _main(args: list[str]) -> None:
     rest, config_dirs = _take_config_dirs(stage, _merge_repeated(rest))
     if config_dirs:  # both entry points below honour Hydra's search-path override
         rest = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in config_dirs)}]", *rest]
+    if stage == "train":  # init_from: the init run's model, unless the user's overrides say else
+        try:
+            rest = [*init_from_overrides(rest), *rest]
+        except ConfigError as exc:
+            _fail(stage, str(exc))
     if any(arg.startswith("-") for arg in rest):
         _hydra_entry(stage, run, rest)
         return

@@ -21,13 +21,15 @@ FORMAT = "mt-data/1"
 
 @dataclass
 class Vocab:
-    """The SentencePiece model(s) of a data folder."""
+    """The SentencePiece model(s) of a data folder, or the vocabulary files of the run whose
+    tokenizer encoded it (tokenizer.from_run)."""
 
     joint: bool  # one model for both sides
     models: dict[str, str]  # side (src, tgt) -> model file name inside the data folder
     vocab_size: int  # pieces of the source model
     tgt_vocab_size: int  # pieces of the target model (= vocab_size when joint)
     sha256: dict[str, str]  # side -> hash of the model file
+    from_run: str | None = None  # the run whose tokenizer files these are (tokenizer.from_run)
 
     def identity(self) -> dict[str, dict[str, str]]:
         """What tells two vocabularies apart: file names and hashes (the run's vocab.json)."""

@@ -1,5 +1,8 @@
 """run_prepare: raw parallel text -> clean/filter -> train SentencePiece -> binarized splits.
 
+With tokenizer.from_run=RUN_DIR the run's tokenizer files are copied in instead of training
+SentencePiece (`mt.runvocab`), and the text is cleaned to the run's Unicode form.
+
 The output folder holds the SentencePiece model(s), the binarized splits (see `mt.shards`) and
 `manifest.json`, written last, which records counts, drops, lengths, hashes and the resolved
 config. Re-running with the same inputs and config reuses the folder ("up to date").
@@ -30,8 +33,9 @@ from mt.corpus import CorpusReader, InputFile, Pairs, iter_lines, local_files, o
 from mt.errors import MTError
 from mt.files import check_parents, fault, unchanged
 from mt.manifest import FORMAT, Manifest, Vocab, read_manifest
+from mt.runvocab import RunVocab, read_run_vocab
 from mt.shards import SIDES, flatten, token_dtype, write_shard
-from mt.tokenizer import Tokenizer, language_tag, train_sentencepiece
+from mt.tokenizer import AnyTokenizer, language_tag, load_tokenizer, train_sentencepiece
 
 CLEAN_CHUNK = 100_000  # pairs read and cleaned at a time
 ENCODE_CHUNK = 100_000  # lines encoded at a time
@@ -48,6 +52,10 @@ def _config_hash(cfg: PrepareConfig) -> str:
     settings["data"].pop("path")
     if not settings["data"]["directions"]:  # one direction: the hash folders had before the key
         settings["data"].pop("directions")
+    from_run = settings.pop("tokenizer")["from_run"]  # none: the hash folders had before the key
+    if from_run is not None:  # the run's vocabulary, wherever the run lies, replaces spm
+        settings.pop("spm")
+        settings["from_run"] = json.loads((Path(from_run) / "vocab.json").read_text("utf-8"))
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -223,7 +231,7 @@ def _length_stats(lengths: np.ndarray) -> dict[str, float]:
 
 
 def _encoded_chunks(
-    tok: Tokenizer, path: Path, threads: int, tagged: bool
+    tok: AnyTokenizer, path: Path, threads: int, tagged: bool
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(tokens, lengths) of the lines of `path`, ENCODE_CHUNK lines at a time; `tagged` lines
     start with a language tag."""
@@ -246,7 +254,7 @@ def _encode(
 
     Lines are read ENCODE_CHUNK at a time; only a side's token arrays are held whole.
     """
-    tokenizers = {side: Tokenizer(build / name) for side, name in models.items()}
+    tokenizers = {side: load_tokenizer(build / name) for side, name in models.items()}
     stats: dict[str, Any] = {}
     for split in splits:
         stats[split] = {"pairs": 0}
@@ -302,6 +310,12 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
     SentencePiece and the encoder read them back, so no split is ever held as strings.
     """
     validate_prepare(cfg)
+    reuse = None
+    if cfg.tokenizer.from_run is not None:
+        reuse = read_run_vocab(cfg.tokenizer.from_run, "tokenizer.from_run")
+        cfg = dataclasses.replace(
+            cfg, clean=dataclasses.replace(cfg.clean, normalize=reuse.normalize)
+        )
     out = Path(cfg.out_dir)
     check_parents(out, "out_dir")
     old = _check_out_dir(out)
@@ -319,7 +333,7 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
             return old
     build = out.parent / f".{out.name}.build-{os.getpid()}"
     try:
-        manifest, reports = _build(cfg, corpora, dirs, out, old, build, start, threads)
+        manifest, reports = _build(cfg, corpora, dirs, out, old, build, start, threads, reuse)
     except OSError as exc:  # full, read-only, no permission: out_dir is left as it was
         raise fault(exc, out, unchanged(out)) from None
     _print_report(reports, out, manifest)
@@ -335,8 +349,10 @@ def _build(
     build: Path,
     start: float,
     threads: int,
+    reuse: RunVocab | None = None,
 ) -> tuple[Manifest, dict[str, CleanReport]]:
-    """Everything is written in `build` beside `out`, then moved into it."""
+    """Everything is written in `build` beside `out`, then moved into it; `reuse` is the run
+    whose tokenizer files are copied in instead of training SentencePiece."""
     timings: dict[str, float] = {}
     build.mkdir(parents=True)
     text = build / TEXT
@@ -345,13 +361,13 @@ def _build(
         reports = _read_clean([(c, d.tag) for c, d in zip(corpora, dirs, strict=True)], cfg, text)
         timings["read_clean"] = time.perf_counter() - start
         mark = time.perf_counter()
-        models = _train_spm(text, cfg, build, threads, tags)
+        models = reuse.install(build) if reuse else _train_spm(text, cfg, build, threads, tags)
         timings["spm"] = time.perf_counter() - mark
         mark = time.perf_counter()
         stats = _encode(text, list(reports), models, build, threads, tagged=bool(tags))
         timings["encode"] = time.perf_counter() - mark
         shutil.rmtree(text)  # the cleaned lines are not part of the output
-        manifest = _manifest(cfg, corpora, dirs, reports, stats, models, build, timings)
+        manifest = _manifest(cfg, corpora, dirs, reports, stats, models, build, timings, reuse)
         _install(build, out, old, manifest)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -367,6 +383,7 @@ def _manifest(
     models: dict[str, str],
     build: Path,
     timings: dict[str, float],
+    reuse: RunVocab | None,
 ) -> Manifest:
     source: dict[str, Any] = {"hub_id": cfg.data.hub_id, "hub_config": cfg.data.hub_config}
     if cfg.data.hub_id:
@@ -375,7 +392,7 @@ def _manifest(
         source["path"] = str(Path(cfg.data.path or ".").resolve())
         inputs = {f.path: f for c in corpora for f in c.inputs}  # a shared file once
         source["files"] = [dataclasses.asdict(f.hash()) for f in inputs.values()]
-    tokenizers = {side: Tokenizer(build / name) for side, name in models.items()}
+    tokenizers = {side: load_tokenizer(build / name) for side, name in models.items()}
     languages = {side: list(dict.fromkeys(getattr(d.data, side) for d in dirs)) for side in SIDES}
     return Manifest(
         format=FORMAT,
@@ -388,11 +405,12 @@ def _manifest(
         splits=stats,
         cleaning={split: dataclasses.asdict(r) for split, r in reports.items()},
         spm=Vocab(
-            joint=cfg.spm.joint,
+            joint=reuse.joint if reuse else cfg.spm.joint,
             models=models,
             vocab_size=tokenizers["src"].vocab_size,
             tgt_vocab_size=tokenizers["tgt"].vocab_size,
             sha256={side: tok.sha256() for side, tok in tokenizers.items()},
+            from_run=str(reuse.run.root.resolve()) if reuse else None,
         ),
         files=sorted(p.name for p in build.iterdir()),
         config_hash=_config_hash(cfg),

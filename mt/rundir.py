@@ -3,7 +3,8 @@
 `mt train` writes a run folder and `mt translate` / `mt eval` read it; both go through `RunDir`:
 
     RUN_DIR/config.yaml  train.log  results.json  decoding.json  vocab.json  .lock
-    RUN_DIR/<SentencePiece model(s)>
+    RUN_DIR/<SentencePiece model(s)>  (an imported or fine-tuned run: <side>.vocab.json too)
+    RUN_DIR/hf_tokenizer/  import.json  (an imported run; hf_tokenizer/ also a fine-tune of one)
     RUN_DIR/tensorboard/
     RUN_DIR/checkpoints/step_<N>.pt  last.pt  best.pt  averaged.pt  final.pt
 """
@@ -26,6 +27,7 @@ from mt.checkpoint import load_checkpoint, remove_stale_temps, step_checkpoints
 from mt.config import ModelConfig
 from mt.errors import MTError
 from mt.manifest import Vocab
+from mt.tokenizer import load_tokenizer
 
 log = logging.getLogger("mt.train")
 
@@ -157,7 +159,8 @@ class RunDir:
             log.info("removed %s, left by a run that was killed while writing it", stale.name)
 
     def install_vocab(self, vocab: Vocab, data_dir: Path) -> None:
-        """Record the vocabulary in vocab.json and copy its model(s) in, so the run stands alone.
+        """Record the vocabulary in vocab.json and copy its files in (SentencePiece models, or an
+        imported run's vocabulary files and the models they name), so the run stands alone.
 
         Refuses to resume a trained run on another vocabulary, before its SentencePiece files
         are replaced. Vocabulary sizes alone can agree by chance (8,000 pieces of another
@@ -173,8 +176,9 @@ class RunDir:
                     "the run's own data."
                 )
         self.vocab.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
-        for name in set(vocab.models.values()):
-            shutil.copyfile(data_dir / name, self.spm(name))
+        for name in set(vocab.models.values()):  # a vocabulary file names its SentencePiece models
+            for path in load_tokenizer(data_dir / name).files():
+                shutil.copyfile(path, self.spm(path.name))
 
     def resume_state(self, model_args: dict[str, Any]) -> dict[str, Any] | None:
         """The newest readable checkpoint to resume from (step files by step, then last.pt).

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from mt.config import PrepareConfig, TrainConfig, validate_train
+from mt.config import PrepareConfig, TokenizerConfig, TrainConfig, validate_train
 from mt.errors import MTError
 from mt.files import write_text
 from mt.manifest import Manifest, load_manifest
@@ -35,6 +35,7 @@ from mt.runtime import (
 from mt.tracking import setup_logging
 from mt.training.fallback import faster_precision, fit_model_to_minutes
 from mt.training.final import final_scores
+from mt.training.finetune import Init, carry_over, load_init
 from mt.training.setup import build_trainer, compile_counts
 from mt.training.state import TrainState
 from mt.training.stopping import graceful_stop, stopped
@@ -51,11 +52,13 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     data_dir = _data_dir(cfg, dist)
     manifest = load_manifest(data_dir)
     run = RunDir(Path(cfg.run_dir))
+    # a fine-tune's first start takes the init run's weights; a resumed one, its own checkpoint
+    init = load_init(cfg, manifest, data_dir) if cfg.init_from and not run.trained else None
     with contextlib.ExitStack() as stack:
         if dist.is_main:  # rank 0 alone checks, locks and writes the run folder
             run.check_is_run()
             stack.enter_context(run.locked())
-            _start_run_dir(run, cfg, manifest, data_dir)
+            _start_run_dir(run, cfg, manifest, data_dir, init)
         if dist.world > 1:
             torch.distributed.barrier()  # the folder is checked and cleaned before anyone reads it
         t = cfg.train
@@ -64,7 +67,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             precision = faster_precision(cfg, manifest, data_dir, device, dist)
         if t.fallback_model:
             cfg = fit_model_to_minutes(cfg, manifest, data_dir, run, device, precision, dist)
-        trainer = build_trainer(cfg, manifest, data_dir, run, device, precision, dist)
+        trainer = build_trainer(cfg, manifest, data_dir, run, device, precision, dist, init)
         stack.callback(trainer.tracker.close)
         _resume(trainer)
         stack.enter_context(graceful_stop(trainer.request_stop))
@@ -107,21 +110,27 @@ def _data_dir(cfg: TrainConfig, dist: Dist) -> Path:
     """The prepared data folder: `data_dir`, or `data` prepared (cached) into prepare_dir."""
     if cfg.data_dir is not None:
         return Path(cfg.data_dir)
-    if dist.is_main:
-        run_prepare(
-            PrepareConfig(data=cfg.data, clean=cfg.clean, spm=cfg.spm, out_dir=cfg.prepare_dir)
-        )
+    if dist.is_main:  # a fine-tune's data is encoded with its init run's tokenizer
+        tokenizer = TokenizerConfig(from_run=cfg.init_from)
+        run_prepare(PrepareConfig(cfg.data, cfg.clean, cfg.spm, tokenizer, out_dir=cfg.prepare_dir))
     if dist.world > 1:
         torch.distributed.barrier()
     return Path(cfg.prepare_dir)
 
 
-def _start_run_dir(run: RunDir, cfg: TrainConfig, manifest: Manifest, data_dir: Path) -> None:
-    """Clean what a killed run left, install the vocabulary, record the config, open the log."""
+def _start_run_dir(
+    run: RunDir, cfg: TrainConfig, manifest: Manifest, data_dir: Path, init: Init | None
+) -> None:
+    """Clean what a killed run left, install the vocabulary (and what a fine-tune carries over
+    from its init run), record the config, open the log."""
     run.sweep_temps()
     run.install_vocab(manifest.spm, data_dir)
+    if init is not None:
+        carry_over(init, run)
     run.config.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     setup_logging(run.log, is_main=True)
+    if init is not None:
+        log.info("starting from %s (init_from): step 0, a fresh optimizer", init.checkpoint)
 
 
 def _resume(trainer: Trainer) -> None:
@@ -129,6 +138,8 @@ def _resume(trainer: Trainer) -> None:
     ckpt = trainer.run.resume_state(trainer.extra_state["model_args"])
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
+        if "pretrained" in ckpt:  # a fine-tune of an import keeps its way back to the source
+            trainer.extra_state["pretrained"] = ckpt["pretrained"]
         log.info("resuming %s from step %d", trainer.run.root, trainer.state.step)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     log.info(

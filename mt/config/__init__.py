@@ -12,11 +12,19 @@ this package re-exports what the rest of mt imports.
 from mt.config.bounds import BOOTSTRAP_BOUND, Bound, ConfigError, check_value
 from mt.config.decode import DecodeConfig, EvalConfig, TranslateConfig
 from mt.config.deploy import ExportConfig, ImportConfig, ServeConfig, ServeOptions
-from mt.config.prepare import CleanConfig, DataConfig, PrepareConfig, SpmConfig
+from mt.config.prepare import (
+    CleanConfig,
+    DataConfig,
+    PrepareConfig,
+    SpmConfig,
+    TokenizerConfig,
+)
 from mt.config.store import (
     CONFIG_DIR,
     FALLBACK_SIZES,
+    FINETUNE_FREE,
     fallback_model,
+    init_from_overrides,
     model_preset,
     register_configs,
 )
@@ -36,6 +44,7 @@ __all__ = [
     "BOOTSTRAP_BOUND",
     "CONFIG_DIR",
     "FALLBACK_SIZES",
+    "FINETUNE_FREE",
     "Bound",
     "CleanConfig",
     "ConfigError",
@@ -50,11 +59,13 @@ __all__ = [
     "ServeOptions",
     "SpmConfig",
     "TrainConfig",
+    "TokenizerConfig",
     "TrainLoopConfig",
     "TranslateConfig",
     "check_value",
     "direction_pair",
     "fallback_model",
+    "init_from_overrides",
     "model_preset",
     "register_configs",
     "validate_decode",

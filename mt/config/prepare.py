@@ -79,12 +79,23 @@ class SpmConfig:
 
 
 @dataclass
+class TokenizerConfig:
+    """Where the data's tokenizer comes from: SentencePiece trained here (spm), or a run's."""
+
+    from_run: str | None = None
+    """A run folder (written by `mt train` or `mt import`) whose tokenizer(s) and vocabulary encode
+    the data instead (for `mt train init_from=` that run); the spm group is then unused and
+    clean.normalize becomes the run's. null: train SentencePiece here."""
+
+
+@dataclass
 class PrepareConfig:
     """`mt prepare`: raw parallel text -> cleaned, tokenized, binarized data directory."""
 
     data: DataConfig = field(default_factory=DataConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     spm: SpmConfig = field(default_factory=SpmConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     out_dir: str = "data-bin/${data.name}.${data.src}-${data.tgt}"
     """Output data directory (manifest.json, SentencePiece model, binarized splits)."""
     force: bool = False

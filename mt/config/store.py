@@ -1,10 +1,11 @@
 """The config tree and Hydra's ConfigStore: `CONFIG_DIR`, `register_configs` for the stage
-schemas, and `model_preset` / `fallback_model`, which read configs/model/ presets without Hydra."""
+schemas, `model_preset` / `fallback_model`, which read configs/model/ presets without Hydra, and
+`init_from_overrides`, which gives `mt train init_from=RUN_DIR` that run's model."""
 
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,6 +59,54 @@ def fallback_model(model: ModelConfig, preset: str) -> ModelConfig:
     """`model` with the sizes of configs/model/<preset>.yaml (train.fallback_model)."""
     sizes = model_preset(preset)
     return replace(model, **{key: getattr(sizes, key) for key in FALLBACK_SIZES})
+
+
+FINETUNE_FREE = ("dropout", "attn_dropout", "act_dropout")
+"""The model keys a fine-tune (train.init_from) may change; every other one is the architecture."""
+
+
+def _override_value(value: Any) -> str:
+    """A YAML scalar as Hydra's override grammar reads it back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "null" if value is None else repr(value)
+
+
+def init_from_overrides(overrides: list[str]) -> list[str]:
+    """`mt train init_from=RUN_DIR`: the init run's model (RUN_DIR/config.yaml's `model`) as
+    `model.<key>=<value>` overrides to go before the user's, so the composed model is the init
+    run's and a `model.<key>` the user gives still wins (`mt train` then refuses one that
+    changes the architecture). A fine-tune being resumed (its run_dir has a config.yaml) takes
+    the model it started with from there, so the init run may be gone by then. Without either
+    config.yaml nothing is added: `mt train` says what the init run lacks.
+
+    Raises:
+        ConfigError: For `model=PRESET` beside init_from (the model is the init run's).
+    """
+    given = dict(arg.split("=", 1) for arg in overrides if "=" in arg and arg[0] not in "-+~")
+    run_dir = given.get("init_from")
+    if run_dir in (None, "", "null"):
+        return []
+    if "model" in given:
+        raise ConfigError(
+            f"model={given['model']} with init_from={run_dir}: a fine-tune's model is the init "
+            "run's; drop model= (model.dropout and the other dropouts may change)."
+        )
+    # RunDir.config of the new run, else of the init run (mt.rundir sits above mt.config)
+    found = [Path(d) / "config.yaml" for d in (given.get("run_dir"), run_dir) if d]
+    config = next((path for path in found if path.is_file()), None)
+    if config is None:
+        return []
+    loaded = OmegaConf.to_container(OmegaConf.load(config))
+    model = (loaded.get("model") if isinstance(loaded, dict) else None) or {}
+    names = {f.name for f in fields(ModelConfig)}
+    return [
+        f"model.{key}={_override_value(value)}"
+        for key, value in model.items()
+        if key in names and f"model.{key}" not in given
+    ]
 
 
 def register_configs() -> None:

@@ -146,6 +146,12 @@ class TrainConfig:
 
     data_dir: str | None = None
     """Prepared data folder; null prepares `data` first (cached) into prepare_dir."""
+    init_from: str | None = None
+    """A run folder (mt-trained, or written by `mt import`) whose weights this new run starts
+    from, at step 0 with a fresh optimizer and schedule (fine-tuning). Its model is this run's
+    model (only model.dropout, model.attn_dropout, model.act_dropout may change) and data_dir
+    must hold its vocabulary (`mt prepare tokenizer.from_run=RUN_DIR`); with data_dir null,
+    `data` is prepared with its tokenizer. null: random initial weights."""
     run_dir: str = "runs/${data.name}.${data.src}-${data.tgt}"
     """Run folder: checkpoints/, TensorBoard events, train.log, config.yaml."""
     data: DataConfig = field(default_factory=DataConfig)

@@ -130,6 +130,11 @@ def validate_train(cfg: TrainConfig) -> None:
         )
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas={t.betas} must hold two numbers.")
+    if t.fallback_model and cfg.init_from:
+        raise ConfigError(
+            f"train.fallback_model={t.fallback_model} cannot go with init_from: a fine-tune keeps "
+            "the init run's model."
+        )
     if t.fallback_model:
         if t.max_minutes <= 0 or t.fallback_below_steps <= 0:
             raise ConfigError(

@@ -21,8 +21,9 @@ from mt.model import transformer
 from mt.optim import build_optimizer, build_scheduler
 from mt.rundir import RunDir
 from mt.runtime import Dist, grad_scaler, seed_everything
-from mt.tokenizer import PAD_ID, Tokenizer
+from mt.tokenizer import PAD_ID, load_tokenizer
 from mt.tracking import Tracker
+from mt.training.finetune import Init
 from mt.training.state import Stopwatch
 from mt.training.trainer import Trainer
 
@@ -75,15 +76,24 @@ def compile_counts() -> dict[str, int]:
 
 
 def build_optimization(
-    cfg: TrainConfig, model_args: dict[str, Any], device: torch.device, dist: Dist, clock: Stopwatch
+    cfg: TrainConfig,
+    model_args: dict[str, Any],
+    device: torch.device,
+    dist: Dist,
+    clock: Stopwatch,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> Optimization:
-    """The model (the same initial weights on every rank), its loss (DDP-wrapped under
-    torchrun, compiled with train.compile), the optimizer and the LR schedule on `clock`."""
+    """The model (the same initial weights on every rank: random, or the state `init` of a
+    fine-tune's init run), its loss (DDP-wrapped under torchrun, compiled with train.compile),
+    the optimizer and the LR schedule on `clock`."""
     seed_everything(cfg.train.seed)  # the same initial weights on every rank
     try:
-        model = transformer(**model_args).to(device)
+        model = transformer(**model_args)
     except ValueError as exc:
         raise MTError(str(exc)) from None
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(device)
     loss_fn: torch.nn.Module = Seq2SeqLoss(model, cfg.train.label_smoothing, PAD_ID)
     if dist.world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -105,12 +115,14 @@ def build_trainer(
     device: torch.device,
     precision: str,
     dist: Dist,
+    init: Init | None = None,
 ) -> Trainer:
-    """The Trainer of the run in `run` on the data folder `data_dir`; every checkpoint it
-    writes carries the model arguments, the resolved config and the vocabulary."""
+    """The Trainer of the run in `run` on the data folder `data_dir`, starting from `init`'s
+    weights when given; every checkpoint it writes carries the model arguments, the resolved
+    config and the vocabulary (and an imported init run's `pretrained` entry)."""
     model_args = resolve_model_args(cfg, manifest)
     clock = Stopwatch()  # training seconds, read by the linear schedule and the trainer
-    opt = build_optimization(cfg, model_args, device, dist, clock)
+    opt = build_optimization(cfg, model_args, device, dist, clock, init.model if init else None)
     seed_everything(cfg.train.seed + dist.rank)  # own dropout per rank
     max_len = cfg.model.max_positions
     valid = ParallelData(data_dir, "valid", max_len) if manifest.has_split("valid") else None
@@ -122,7 +134,7 @@ def build_trainer(
         scaler=grad_scaler(precision, device),
         train_data=ParallelData(data_dir, "train", max_len),
         valid_data=valid,
-        tokenizer=Tokenizer(data_dir / manifest.spm.models["tgt"]),
+        tokenizer=load_tokenizer(data_dir / manifest.spm.models["tgt"]),
         tracker=Tracker(run.tensorboard if dist.is_main else None),
         run=run,
         cfg=cfg.train,
@@ -140,5 +152,6 @@ def build_trainer(
                 "normalize": manifest.normalize,
                 "tags": manifest.tags,
             },
+            **({"pretrained": init.pretrained} if init and init.pretrained else {}),
         },
     )

@@ -27,7 +27,7 @@ from mt.data import Batch, ParallelData, epoch_batches
 from mt.errors import MTError
 from mt.rundir import RunDir
 from mt.runtime import Dist, Heartbeat, all_reduce_max, all_reduce_sum, autocast
-from mt.tokenizer import Tokenizer
+from mt.tokenizer import AnyTokenizer
 from mt.tracking import Progress, Tracker
 from mt.training.checkpoints import save_step
 from mt.training.state import LogWindow, StepResult, Stopwatch, TrainState, limit_reached
@@ -65,7 +65,7 @@ class Trainer:
         scaler: torch.amp.GradScaler,
         train_data: ParallelData,
         valid_data: ParallelData | None,
-        tokenizer: Tokenizer,
+        tokenizer: AnyTokenizer,
         tracker: Tracker,
         run: RunDir,
         cfg: TrainLoopConfig,

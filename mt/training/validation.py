@@ -20,7 +20,7 @@ from mt.decode.search import Limits
 from mt.loss import Seq2SeqLoss
 from mt.metrics import bleu
 from mt.runtime import autocast
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, AnyTokenizer
 from mt.training.stopping import EvaluationStopped
 
 
@@ -40,7 +40,7 @@ def eval_batch_ids(data: ParallelData) -> list[np.ndarray]:
 def evaluate_split(
     model: nn.Module,
     data: ParallelData,
-    tokenizer: Tokenizer,
+    tokenizer: AnyTokenizer,
     precision: str,
     device: torch.device,
     with_bleu: bool,

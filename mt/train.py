@@ -63,11 +63,13 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             torch.distributed.barrier()  # the folder is checked and cleaned before anyone reads it
         t = cfg.train
         device, precision = setup_hardware(t.device, t.precision, t.threads, dist.local_rank)
-        if t.precision == "auto" and device.type == "cpu" and precision == "bf16":
-            precision = faster_precision(cfg, manifest, data_dir, device, dist)
         if t.fallback_model:
             cfg = fit_model_to_minutes(cfg, manifest, data_dir, run, device, precision, dist)
         trainer = build_trainer(cfg, manifest, data_dir, run, device, precision, dist, init)
+        if t.precision == "auto" and device.type == "cpu" and precision == "bf16":
+            # timed once the data and the model are known to load; bf16 and fp32 share the
+            # trainer's (disabled) loss scaler, so only the autocast precision changes
+            trainer.precision = faster_precision(cfg, manifest, data_dir, device, dist)
         stack.callback(trainer.tracker.close)
         _resume(trainer)
         stack.enter_context(graceful_stop(trainer.request_stop))

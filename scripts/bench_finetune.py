@@ -27,7 +27,6 @@ import json
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,15 @@ import torch
 import torch.nn.functional as F
 
 # run as `python scripts/bench_finetune.py`: its folder is on sys.path
-from benchlib import last_json_line, multi30k_dir, print_json, run_child, smoke_corpus
+from benchlib import (
+    alternate,
+    last_json_line,
+    multi30k_dir,
+    print_json,
+    run_child,
+    smoke_corpus,
+    synchronize,
+)
 
 from mt.checkpoint import load_checkpoint
 from mt.config import DataConfig, ImportConfig, PrepareConfig, TokenizerConfig, TrainLoopConfig
@@ -189,41 +196,11 @@ class Transformers:
 SYSTEMS = {"mt": Mt, "transformers": Transformers}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_for(system: Any, batches: list[Batch], seconds: float, cursor: int, device: torch.device):
-    """Train until `seconds` pass (one step at least); returns (target tokens, seconds, cursor)."""
-    _sync(device)
-    tokens, start = 0.0, time.perf_counter()
-    while True:
-        batch = batches[cursor % len(batches)]
-        system.step(batch)
-        tokens, cursor = tokens + batch.n_tgt_tokens, cursor + 1
-        if time.perf_counter() - start >= seconds:
-            break
-    _sync(device)
-    return tokens, time.perf_counter() - start, cursor
-
-
 def compare(work: Path, batches: list[Batch], precision: str, seconds: float, rounds: int,
             device: torch.device) -> dict[str, float]:  # fmt: skip
-    """Target tokens/s of each system, in alternating rounds after a warm-up step or two."""
+    """Target tokens/s of each system, in alternating rounds after two warm-up steps."""
     systems = {name: cls(work, precision, device) for name, cls in SYSTEMS.items()}
-    for system in systems.values():
-        run_for(system, batches, 0.0, 0, device)
-    totals = {name: [0.0, 0.0] for name in systems}
-    cursors = dict.fromkeys(systems, 1)
-    for _ in range(rounds):
-        for name, system in systems.items():
-            tokens, elapsed, cursors[name] = run_for(
-                system, batches, seconds / rounds, cursors[name], device
-            )
-            totals[name][0] += tokens
-            totals[name][1] += elapsed
-    return {name: tokens / elapsed for name, (tokens, elapsed) in totals.items()}
+    return alternate(systems, batches, seconds, rounds, device, warmup=2)
 
 
 def _status_mb(field: str) -> float:
@@ -256,7 +233,7 @@ def child(work: Path, name: str, precision: str, device: torch.device, args: arg
     system = SYSTEMS[name](work, precision, device)
     for batch in batches:
         system.step(batch)
-    _sync(device)
+    synchronize(device)
     peak = _status_mb("VmHWM")
     if not reset:  # the process's peak, imports included
         peak = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -58,7 +58,6 @@ from bench_train import (
     load_batches,
     matmul_flops_per_token,
     measure_peak,
-    run_for,
 )
 from bench_translate import build_ct2, build_hf, time_ct2, time_hf
 from benchlib import (
@@ -68,6 +67,7 @@ from benchlib import (
     print_json,
     random_decoder,
     read_test2016,
+    run_for,
     smoke_corpus,
     synchronize,
     time_ours,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 # run as `python scripts/bench_train.py`: its folder is on sys.path
-from benchlib import multi30k_dir, print_json
+from benchlib import alternate, multi30k_dir, print_json, synchronize
 
 from mt.config import (
     DataConfig,
@@ -85,25 +85,20 @@ def matmul_flops_per_token(cfg: ModelConfig, vocab: int, src_tokens: int, tgt_to
     return 3 * forward / tgt_tokens
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_peak(dtype: torch.dtype, device: torch.device, seconds: float = 3.0) -> float:
     """Measured dense matmul FLOP/s of the device in `dtype` (the "peak" shares refer to)."""
     n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     torch.mm(a, b)
-    _sync(device)
+    synchronize(device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)
         count += 1
         if device.type == "cuda" and count % 10 == 0:
-            _sync(device)
-    _sync(device)
+            synchronize(device)
+    synchronize(device)
     return 2 * n**3 * count / (time.perf_counter() - start)
 
 
@@ -186,21 +181,6 @@ class HuggingFace:
         self.opt.zero_grad(set_to_none=True)
 
 
-def run_for(
-    system, batches: list[Batch], seconds: float, cursor: int, device: torch.device
-) -> tuple[float, float, int]:
-    """Train until `seconds` pass; returns (target tokens, elapsed, next batch index)."""
-    _sync(device)
-    tokens, start = 0.0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        batch = batches[cursor % len(batches)]
-        system.step(batch)
-        tokens += batch.n_tgt_tokens
-        cursor += 1
-    _sync(device)
-    return tokens, time.perf_counter() - start, cursor
-
-
 def compare(
     preset: str,
     precision: str,
@@ -218,20 +198,7 @@ def compare(
     }
     if compile:
         systems["mt_compiled"] = Ours(cfg, vocab, precision, device, compile=True)
-    for system in systems.values():  # warm-up: allocator, oneDNN primitives / CUDA kernels,
-        for batch in batches[:3]:  # and torch.compile's graphs
-            system.step(batch)
-    _sync(device)
-    totals = {name: [0.0, 0.0] for name in systems}
-    cursors = dict.fromkeys(systems, 0)
-    for _ in range(rounds):
-        for name, system in systems.items():
-            tokens, elapsed, cursors[name] = run_for(
-                system, batches, seconds / rounds, cursors[name], device
-            )
-            totals[name][0] += tokens
-            totals[name][1] += elapsed
-    return {name: tokens / elapsed for name, (tokens, elapsed) in totals.items()}
+    return alternate(systems, batches, seconds, rounds, device)
 
 
 def main() -> None:

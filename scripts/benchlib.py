@@ -6,7 +6,8 @@ passes), a child process's JSON line, the final JSON line, and, for `--smoke` ru
 Multi30k-shaped synthetic corpus and a tiny model trained on it for a few steps; and, for the
 decoding benchmarks, mt's search on a random model with end-of-sentence suppressed (`NoEos`,
 `time_ours`, on CPU or a CUDA device, `synchronize`d), so every system decodes exactly the same
-number of steps.
+number of steps; and, for the training benchmarks, `run_for` and `alternate` (systems trained
+in alternating rounds on the same batches, so that machine drift hits each alike).
 """
 
 from __future__ import annotations
@@ -169,6 +170,46 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously); a no-op on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def run_for(
+    system, batches: list, seconds: float, cursor: int, device: torch.device = CPU
+) -> tuple[float, float, int]:
+    """Train `system` (its `step(batch)`) on batches[cursor:] until `seconds` pass, one step at
+    least; returns (target tokens, elapsed seconds, next batch index), waited for on CUDA."""
+    synchronize(device)
+    tokens, start = 0.0, time.perf_counter()
+    while True:
+        batch = batches[cursor % len(batches)]
+        system.step(batch)
+        tokens, cursor = tokens + batch.n_tgt_tokens, cursor + 1
+        if time.perf_counter() - start >= seconds:
+            break
+    synchronize(device)
+    return tokens, time.perf_counter() - start, cursor
+
+
+def alternate(
+    systems: dict, batches: list, seconds: float, rounds: int, device: torch.device = CPU,
+    warmup: int = 3,
+) -> dict[str, float]:  # fmt: skip
+    """Target tokens/s of each system: `warmup` steps each (allocator, oneDNN primitives, CUDA
+    kernels, torch.compile's graphs), then `rounds` rounds in which every system trains for
+    seconds / rounds in turn, each going on through the batches where it stopped."""
+    for system in systems.values():
+        for batch in batches[:warmup]:
+            system.step(batch)
+    synchronize(device)
+    totals = {name: [0.0, 0.0] for name in systems}
+    cursors = dict.fromkeys(systems, warmup)
+    for _ in range(rounds):
+        for name, system in systems.items():
+            tokens, elapsed, cursors[name] = run_for(
+                system, batches, seconds / rounds, cursors[name], device
+            )
+            totals[name][0] += tokens
+            totals[name][1] += elapsed
+    return {name: tokens / elapsed for name, (tokens, elapsed) in totals.items()}
 
 
 def time_ours(

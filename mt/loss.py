@@ -17,6 +17,19 @@ from torch import Tensor, nn
 CHUNK_ELEMENTS = 2**21
 # On a GPU, cache size matters less than the number of kernel launches: 128 MiB chunks.
 GPU_CHUNK_ELEMENTS = 2**25
+# Every chunk streams the whole [V, D] weight and its fp32 gradient through memory, whose cost
+# does not shrink with the chunk: a chunk has at least MIN_ROWS rows, so that for a large
+# vocabulary (an imported OPUS-MT's 58k) the GEMMs stay compute-bound rather than the cache
+# rule cutting them to a few dozen rows. `python scripts/bench_loss.py` measures the rule.
+MIN_ROWS = 512
+
+
+def chunk_rows(vocab: int, device: torch.device) -> int:
+    """Rows of the fused loss's chunks for a `vocab`-sized projection on `device`: as many as
+    fill the cache budget (CHUNK_ELEMENTS on CPU, GPU_CHUNK_ELEMENTS on a GPU), MIN_ROWS at
+    least."""
+    budget = CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS
+    return max(MIN_ROWS, budget // vocab)
 
 
 def select_targets(hidden: Tensor, tgt_out: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
@@ -68,8 +81,7 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
         # smoothing spreads eps over the ids the model can emit: all, or those of finite bias
         emit = None if bias is None else torch.isfinite(bias).float()  # [V]
         vocab = w.shape[0] if emit is None else int(emit.sum())
-        chunk = CHUNK_ELEMENTS if h.device.type == "cpu" else GPU_CHUNK_ELEMENTS
-        rows = max(1, chunk // vocab)
+        rows = chunk_rows(w.shape[0], h.device)
         # needs_input_grad ignores no_grad (e.g. validation): the caller passes the grad mode
         want_grad = grad_mode and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         grad_dtype = torch.float32 if low == torch.float16 else h.dtype

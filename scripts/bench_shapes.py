@@ -19,8 +19,8 @@ import torch
 
 # run as `python scripts/bench_shapes.py`: its folder is on sys.path
 from bench_prepare import synthetic_corpus
-from bench_train import Ours, matmul_flops_per_token, measure_peak, run_for
-from benchlib import multi30k_dir, print_json
+from bench_train import Ours, matmul_flops_per_token, measure_peak
+from benchlib import alternate, multi30k_dir, print_json
 
 from mt.config import DataConfig, ModelConfig, PrepareConfig, SpmConfig, model_preset
 from mt.data import ParallelData, epoch_batches
@@ -65,21 +65,9 @@ def main() -> None:
     print(f"matmul peak before: {peak_before / 1e9:.0f} GFLOP/s")
     configs = {name: shape(name, overrides) for name, overrides in shapes.items()}
     systems = {name: Ours(cfg, vocab, "fp32", device) for name, cfg in configs.items()}
-    for system in systems.values():  # warm-up
-        run_for(system, batches, 0.0, 0, device)
-        run_for(system, batches, 0.0, 1, device)
-    totals = {name: [0.0, 0.0] for name in systems}
-    cursors = dict.fromkeys(systems, 0)
-    for _ in range(rounds):
-        for name, system in systems.items():
-            tokens, elapsed, cursors[name] = run_for(
-                system, batches, round_s, cursors[name], device
-            )
-            totals[name][0] += tokens
-            totals[name][1] += elapsed
+    speed = alternate(systems, batches, round_s * rounds, rounds, device, warmup=2)
     src = sum(int((~b.src_pad_mask).sum()) for b in batches)
     tgt = sum(b.n_tgt_tokens for b in batches)
-    speed = {name: tokens / elapsed for name, (tokens, elapsed) in totals.items()}
     results: dict = {"peak_gflops_before": round(peak_before / 1e9, 1)}
     for name, tok_s in speed.items():
         flops = matmul_flops_per_token(configs[name], vocab, src, tgt)

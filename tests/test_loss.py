@@ -26,6 +26,7 @@ def loss_and_grads(fn, hidden, weight, target, epsilon, scale=0.37):
 @pytest.mark.parametrize("chunk", [10**9, 7 * 29])  # one chunk, or 7-row chunks (ragged end)
 def test_fused_loss_and_gradients_equal_the_reference_in_fp32(monkeypatch, epsilon, chunk):
     monkeypatch.setattr(mt.loss, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(mt.loss, "MIN_ROWS", 1)  # the cache rule alone
     torch.manual_seed(0)
     hidden, weight, target = torch.randn(45, 12), torch.randn(29, 12), torch.randint(0, 29, (45,))
     got = loss_and_grads(projected_label_smoothed_nll, hidden, weight, target, epsilon)
@@ -36,6 +37,7 @@ def test_fused_loss_and_gradients_equal_the_reference_in_fp32(monkeypatch, epsil
 
 def test_fused_loss_under_bf16_autocast_is_within_bf16_precision(monkeypatch):
     monkeypatch.setattr(mt.loss, "CHUNK_ELEMENTS", 5 * 64)
+    monkeypatch.setattr(mt.loss, "MIN_ROWS", 1)  # the cache rule alone
     torch.manual_seed(0)
     hidden, weight, target = torch.randn(40, 32), torch.randn(64, 32), torch.randint(0, 64, (40,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -87,6 +89,7 @@ def test_an_output_bias_enters_the_logits_and_its_banned_ids_the_smoothing_not(m
     """An imported model's fixed bias: -inf ids are never emitted, so label smoothing spreads
     over the other ids only; loss and gradients are those of the textbook computation."""
     monkeypatch.setattr(mt.loss, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(mt.loss, "MIN_ROWS", 1)  # the cache rule alone
     torch.manual_seed(0)
     hidden, weight, target = torch.randn(45, 12), torch.randn(29, 12), torch.randint(3, 29, (45,))
     bias = torch.randn(29)
@@ -103,3 +106,11 @@ def test_an_output_bias_enters_the_logits_and_its_banned_ids_the_smoothing_not(m
     want = loss_and_grads(with_bias, hidden, weight, target, 0.1)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_chunks_keep_the_cache_rule_but_never_fall_below_min_rows():
+    cpu, gpu = torch.device("cpu"), torch.device("meta")
+    assert mt.loss.chunk_rows(8000, cpu) == max(mt.loss.MIN_ROWS, mt.loss.CHUNK_ELEMENTS // 8000)
+    assert mt.loss.chunk_rows(58102, cpu) == mt.loss.MIN_ROWS  # the cache rule would give 36
+    assert mt.loss.chunk_rows(64, cpu) == mt.loss.CHUNK_ELEMENTS // 64
+    assert mt.loss.chunk_rows(58102, gpu) == mt.loss.GPU_CHUNK_ELEMENTS // 58102

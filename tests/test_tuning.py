@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from mt.cli import main
 from mt.config import DecodeConfig
 from mt.decode.run import tuned_decoding
 from mt.errors import MTError
@@ -25,23 +26,41 @@ def test_the_grid_tries_the_defaults_first_so_ties_keep_them():
     assert sorted(pairs) == [(4, 0.6), (4, 1.0), (4, 1.4), (5, 0.6), (5, 1.0), (5, 1.4)]
 
 
-def test_training_tunes_decoding_on_validation_and_records_it(prepared_dir, tmp_path):
+def test_training_tunes_decoding_on_validation_and_records_it(overfit_run, tmp_path):
+    """A model that translates (one update on from the memorizing run) tries the whole grid."""
+    _, trained, _ = overfit_run
     run = tmp_path / "run"
-    cfg = train_config(
-        prepared_dir, run, "train.max_steps=30", "train.tune_decoding=true",
-        "train.tune_beams=[1,3]", "train.tune_lenpens=[0.5,1.0]",
-    )  # fmt: skip
-    results = run_train(cfg)
+    main(["train", f"data_dir={trained.parent / 'data'}", f"run_dir={run}",
+          f"init_from={trained}", "train.device=cpu", "train.precision=fp32", "train.threads=1",
+          "train.max_tokens=512", "train.valid_every=0", "train.max_steps=1", "train.lr=1e-9",
+          "train.warmup_steps=1", "train.tune_decoding=true", "train.tune_beams=[1,3]",
+          "train.tune_lenpens=[0.5,1.0]"])  # fmt: skip
+    results = json.loads((run / "results.json").read_text())
     stored = json.loads(RunDir(run).decoding.read_text())
     assert stored == results["decoding"]
     tried = {(p["beam"], p["lenpen"]) for p in stored["grid"]}
     assert tried == {(1, 0.5), (1, 1.0), (3, 0.5), (3, 1.0)}
     best = max(p["valid_bleu"] for p in stored["grid"])
     assert stored["valid_bleu"] == best and (stored["beam"], stored["lenpen"]) in tried
-    assert stored["checkpoint"] == "final.pt"
+    assert stored["checkpoint"] == "final.pt" and "skipped" not in stored
+    assert best > 50  # it translates what it memorized
     off = tmp_path / "off"
-    run_train(train_config(prepared_dir, off, "train.max_steps=2", "train.tune_decoding=false"))
+    run_train(train_config(trained.parent / "data", off, "train.max_steps=2",
+                           "train.tune_decoding=false"))  # fmt: skip
     assert not RunDir(off).decoding.exists()
+
+
+def test_a_model_that_does_not_translate_yet_keeps_the_defaults_after_one_decode(
+    prepared_dir, tmp_path
+):
+    run = tmp_path / "run"
+    results = run_train(train_config(prepared_dir, run, "train.max_steps=1",
+                                     "train.tune_decoding=true", "train.lr=1e-9"))  # fmt: skip
+    stored = json.loads(RunDir(run).decoding.read_text())
+    assert stored == results["decoding"]
+    assert [(p["beam"], p["lenpen"]) for p in stored["grid"]] == [(5, 1.0)]
+    assert stored["valid_bleu"] < 1.0 and "not translating yet" in stored["skipped"]
+    assert "decoding not tuned" in (run / "train.log").read_text()
 
 
 @pytest.fixture

@@ -66,12 +66,15 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         if t.fallback_model:
             cfg = fit_model_to_minutes(cfg, manifest, data_dir, run, device, precision, dist)
         trainer = build_trainer(cfg, manifest, data_dir, run, device, precision, dist, init)
+        ckpt = run.resume_state(trainer.extra_state["model_args"])
         if t.precision == "auto" and device.type == "cpu" and precision == "bf16":
-            # timed once the data and the model are known to load; bf16 and fp32 share the
-            # trainer's (disabled) loss scaler, so only the autocast precision changes
-            trainer.precision = faster_precision(cfg, manifest, data_dir, device, dist)
+            # a resumed run keeps the precision it chose; a new one times both once the data
+            # and the model are known to load (before the resume restores the RNGs the timing
+            # uses). bf16 and fp32 share the (disabled) loss scaler: only autocast changes.
+            recorded = ckpt.get("precision") if ckpt else None
+            trainer.precision = recorded or faster_precision(cfg, manifest, data_dir, device, dist)
         stack.callback(trainer.tracker.close)
-        _resume(trainer)
+        _resume(trainer, ckpt)
         stack.enter_context(graceful_stop(trainer.request_stop))
         state = _fit(trainer, t.dist_timeout)
         if trainer.stop_signal:
@@ -135,9 +138,9 @@ def _start_run_dir(
         log.info("starting from %s (init_from): step 0, a fresh optimizer", init.checkpoint)
 
 
-def _resume(trainer: Trainer) -> None:
-    """Load the run's newest checkpoint, if any, and say what is being trained."""
-    ckpt = trainer.run.resume_state(trainer.extra_state["model_args"])
+def _resume(trainer: Trainer, ckpt: dict[str, Any] | None) -> None:
+    """Load the run's newest checkpoint `ckpt` (`RunDir.resume_state`), if any, and say what is
+    being trained."""
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
         if "pretrained" in ckpt:  # a fine-tune of an import keeps its way back to the source

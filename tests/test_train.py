@@ -65,10 +65,12 @@ def test_bf16_autocast_trains_on_cpu(prepared_dir, tmp_path):
 
 def test_auto_precision_on_cpu_trains_in_the_faster_of_bf16_and_fp32(prepared_dir, tmp_path):
     """train.precision=auto times bf16 and fp32 updates where the CPU has both, and trains in
-    the faster, saying so with both times; without native bf16 it is fp32, with no probe."""
+    the faster, saying so with both times; without native bf16 it is fp32, with no probe. A
+    resumed run keeps the precision its checkpoint records, without timing again."""
     run = tmp_path / "run"
     run_train(train_config(prepared_dir, run, "train.max_steps=2", "train.precision=auto"))
     log = (run / "train.log").read_text()
+    assert log.count("precision=auto:") <= 1
     if bf16_supported(torch.device("cpu")):
         probe = re.search(r"precision=auto: ([\d.]+) s per update in bf16, ([\d.]+) s in fp32 "
                           r"here: training in (bf16|fp32)", log)  # fmt: skip
@@ -79,6 +81,11 @@ def test_auto_precision_on_cpu_trains_in_the_faster_of_bf16_and_fp32(prepared_di
         assert "precision=auto:" not in log
         chosen = "fp32"
     assert f"cpu, {chosen}," in log  # the run trains in the chosen precision
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["precision"] == chosen
+    run_train(train_config(prepared_dir, run, "train.max_steps=3", "train.precision=auto"))
+    resumed = (run / "train.log").read_text()[len(log) :]
+    assert "resuming" in resumed and "precision=auto:" not in resumed
+    assert f"cpu, {chosen}," in resumed
 
 
 def _step_losses(run) -> list[float]:

@@ -133,7 +133,8 @@ def faster_precision(
 ) -> str:
     """bf16 or fp32, whichever takes less time per update of the configured model on the
     run's first batches (the slowest rank counts); for train.precision=auto on a CPU that has
-    both. `python scripts/bench_train.py --presets mini,small` compares them at length."""
+    both, once per run (checkpoints record the choice, which a resume keeps).
+    `python scripts/bench_train.py --presets mini,small` compares them at length."""
     timed = {}
     for precision in ("bf16", "fp32"):
         seconds = _seconds_per_update(cfg, manifest, data_dir, device, precision, dist, 4.0)

@@ -180,6 +180,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "train_state": dataclasses.asdict(self.state),
+            "precision": self.precision,  # what it trains in (train.precision=auto's choice)
             **self.extra_state,
         }
 

@@ -22,7 +22,7 @@ from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.errors import FileFault
 from mt.files import Output
 from tests.conftest import train_config
-from tests.test_cli import assert_clean_error, mt
+from tests.test_cli import MT, assert_clean_error, mt
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_sigterm_mid_translation_keeps_the_output_and_whole_lines(tiny_run, tmp_
     out = tmp_path / "out.de"
     out.write_text("earlier\n", encoding="utf-8")
     cmd = [
-        *shutil.which("mt").split(), "translate", f"run_dir={tiny_run}", f"input={src}",
+        *MT.split(), "translate", f"run_dir={tiny_run}", f"input={src}",
         f"output={out}", "decode.beam=4", "decode.buffer_lines=50", "decode.max_len_b=40",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)

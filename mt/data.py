@@ -49,7 +49,12 @@ class Batch:
 class ParallelData:
     """The source and target shards of one split, truncated to `max_len` tokens per side."""
 
-    def __init__(self, folder: str | Path, split: str, max_len: int) -> None:
+    def __init__(
+        self, folder: str | Path, split: str, max_len: int, tgt_first: int | None = None
+    ) -> None:
+        """`tgt_first`: the id every target starts with (a language code, as an NLLB run's
+        data has), which decoding forces; None: none."""
+        self.tgt_first = tgt_first
         self.src = Shard.load(Path(folder), split, "src")
         self.tgt = Shard.load(Path(folder), split, "tgt")
         if len(self.src) != len(self.tgt):

@@ -62,6 +62,10 @@ class Manifest:
     """The directions of a multilingual folder (data.directions), [] for one direction."""
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     """Target language -> the tag its sources start with (<2de>); {} for one direction."""
+    src_tag: str | None = None
+    """The language code every source starts with (data for an NLLB / M2M100 run), or None."""
+    tgt_tag: str | None = None
+    """The language code every target starts with, forced as the first output token."""
 
     def has_split(self, name: str) -> bool:
         return name in self.splits

@@ -52,10 +52,14 @@ def _config_hash(cfg: PrepareConfig) -> str:
     settings["data"].pop("path")
     if not settings["data"]["directions"]:  # one direction: the hash folders had before the key
         settings["data"].pop("directions")
-    from_run = settings.pop("tokenizer")["from_run"]  # none: the hash folders had before the key
-    if from_run is not None:  # the run's vocabulary, wherever the run lies, replaces spm
+    tokenizer = settings.pop("tokenizer")  # none: the hash folders had before the key
+    if tokenizer["from_run"] is not None:  # the run's vocabulary, wherever it lies, replaces spm
         settings.pop("spm")
-        settings["from_run"] = json.loads((Path(from_run) / "vocab.json").read_text("utf-8"))
+        vocab = Path(tokenizer["from_run"]) / "vocab.json"
+        settings["from_run"] = json.loads(vocab.read_text("utf-8"))
+        codes = {k: tokenizer[k] for k in ("src_lang", "tgt_lang") if tokenizer[k] is not None}
+        if codes:
+            settings["codes"] = codes
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -67,10 +71,18 @@ class Direction:
     data: DataConfig
     files: dict[str, list[Path]] | None
     tag: str | None
+    codes: tuple[str, str] | None = None
+    """The language codes its sources and targets start with (tokenizer.from_run of an NLLB
+    or M2M100 import), or None."""
 
     @property
     def name(self) -> str:
         return f"{self.data.src}-{self.data.tgt}"
+
+    @property
+    def prefixes(self) -> tuple[str | None, str | None]:
+        """The piece each source and each target line starts with (None: nothing)."""
+        return self.codes if self.codes else (self.tag, None)
 
 
 def directions(data: DataConfig) -> list[Direction]:
@@ -138,13 +150,18 @@ def _write_lines(f: TextIO, lines: list[str]) -> None:
 
 
 def _clean_to(
-    chunks: Iterator[Pairs], cleaner: SplitCleaner, f_src: TextIO, f_tgt: TextIO, tag: str | None
+    chunks: Iterator[Pairs],
+    cleaner: SplitCleaner,
+    f_src: TextIO,
+    f_tgt: TextIO,
+    prefixes: tuple[str | None, str | None],
 ) -> None:
-    """Clean a split chunk by chunk into its two line files; sources start with `tag`, if any."""
+    """Clean a split chunk by chunk into its two line files; the lines of each side start with
+    its prefix piece (a language tag or code), if any."""
     for chunk in chunks:
         kept = cleaner.clean(chunk)
-        _write_lines(f_src, kept.src if tag is None else [f"{tag} {line}" for line in kept.src])
-        _write_lines(f_tgt, kept.tgt)
+        for f, lines, tag in ((f_src, kept.src, prefixes[0]), (f_tgt, kept.tgt, prefixes[1])):
+            _write_lines(f, lines if tag is None else [f"{tag} {line}" for line in lines])
 
 
 def _merged(reports: list[CleanReport]) -> CleanReport:
@@ -159,7 +176,7 @@ def _merged(reports: list[CleanReport]) -> CleanReport:
 
 
 def _read_clean(
-    corpora: list[tuple[CorpusReader, str | None]], cfg: PrepareConfig, text: Path
+    corpora: list[tuple[CorpusReader, Direction]], cfg: PrepareConfig, text: Path
 ) -> dict[str, CleanReport]:
     """Read and clean every split in one streaming pass into the line files
     `text/{split}.src` and `.tgt`; several directions follow one another in them."""
@@ -171,12 +188,12 @@ def _read_clean(
             open(text / f"{split}.src", "w", encoding="utf-8", newline="\n") as f_src,
             open(text / f"{split}.tgt", "w", encoding="utf-8", newline="\n") as f_tgt,
         ):
-            for corpus, tag in corpora:
+            for corpus, direction in corpora:
                 chunks = corpus.chunks(split, CLEAN_CHUNK)
                 if split == "train" and cfg.data.max_train_pairs is not None:
                     chunks = _first(chunks, cfg.data.max_train_pairs)
                 cleaner = SplitCleaner(cfg.clean, filter_pairs=split == "train")
-                _clean_to(chunks, cleaner, f_src, f_tgt, tag)
+                _clean_to(chunks, cleaner, f_src, f_tgt, direction.prefixes)
                 parts.append(cleaner.report())
         reports[split] = parts[0] if len(parts) == 1 else _merged(parts)
     if reports["train"].kept == 0:
@@ -248,9 +265,10 @@ def _encode(
     models: dict[str, str],
     build: Path,
     threads: int,
-    tagged: bool,
+    tagged: set[str],
 ) -> dict[str, Any]:
     """Encode every split's line files on `threads` threads into shards; returns length stats.
+    The lines of the `tagged` sides start with a language tag or code.
 
     Lines are read ENCODE_CHUNK at a time; only a side's token arrays are held whole.
     """
@@ -260,7 +278,7 @@ def _encode(
         stats[split] = {"pairs": 0}
         for side in SIDES:
             path = text / f"{split}.{side}"
-            chunks = _encoded_chunks(tokenizers[side], path, threads, tagged and side == "src")
+            chunks = _encoded_chunks(tokenizers[side], path, threads, side in tagged)
             lengths = write_shard(build, split, side, chunks)
             stats[split].update({"pairs": len(lengths), side: _length_stats(lengths)})
     return stats
@@ -303,6 +321,20 @@ def _fingerprints(corpora: list[CorpusReader], dirs: list[Direction]) -> dict[st
     return {f"{d.name}/{k}": v for c, d in pairs for k, v in c.fingerprints.items()}
 
 
+def _with_codes(dirs: list[Direction], reuse: RunVocab, cfg: PrepareConfig) -> list[Direction]:
+    """The directions with the language codes of tokenizer.from_run's run, where it has them."""
+    d = dirs[0].data
+    codes = reuse.language_codes(d.src, d.tgt, cfg.tokenizer.src_lang, cfg.tokenizer.tgt_lang)
+    if codes is None:
+        return dirs
+    if len(dirs) > 1:
+        raise MTError(
+            f"tokenizer.from_run={cfg.tokenizer.from_run} has language codes, and mt prepares "
+            "such data one direction at a time: leave data.directions empty."
+        )
+    return [dataclasses.replace(dirs[0], codes=codes)]
+
+
 def run_prepare(cfg: PrepareConfig) -> Manifest:
     """Build (or reuse) the data folder `cfg.out_dir`; returns its manifest.
 
@@ -320,6 +352,8 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
     check_parents(out, "out_dir")
     old = _check_out_dir(out)
     dirs = directions(cfg.data)
+    if reuse is not None:
+        dirs = _with_codes(dirs, reuse, cfg)
     hub = bool(cfg.data.hub_id)
     if not cfg.force and not hub and _up_to_date(old, cfg, _input_files(dirs)):
         print(f"{out} is up to date (same inputs and settings); force=true rebuilds it.")
@@ -358,13 +392,14 @@ def _build(
     text = build / TEXT
     try:
         tags = [d.tag for d in dirs if d.tag is not None]
-        reports = _read_clean([(c, d.tag) for c, d in zip(corpora, dirs, strict=True)], cfg, text)
+        reports = _read_clean(list(zip(corpora, dirs, strict=True)), cfg, text)
         timings["read_clean"] = time.perf_counter() - start
         mark = time.perf_counter()
         models = reuse.install(build) if reuse else _train_spm(text, cfg, build, threads, tags)
         timings["spm"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        stats = _encode(text, list(reports), models, build, threads, tagged=bool(tags))
+        tagged = {side for d in dirs for side, p in zip(SIDES, d.prefixes, strict=True) if p}
+        stats = _encode(text, list(reports), models, build, threads, tagged)
         timings["encode"] = time.perf_counter() - mark
         shutil.rmtree(text)  # the cleaned lines are not part of the output
         manifest = _manifest(cfg, corpora, dirs, reports, stats, models, build, timings, reuse)
@@ -418,4 +453,6 @@ def _manifest(
         timings_s={k: round(v, 3) for k, v in timings.items()},
         directions=[d.name for d in dirs] if len(dirs) > 1 else [],
         tags={d.data.tgt: d.tag for d in dirs if d.tag is not None},
+        src_tag=dirs[0].codes[0] if dirs[0].codes else None,
+        tgt_tag=dirs[0].codes[1] if dirs[0].codes else None,
     )

@@ -55,6 +55,54 @@ class RunVocab:
             return str(self.ckpt["data"]["normalize"])
         return str(self.ckpt.get("config", {}).get("clean", {}).get("normalize", "NFC"))
 
+    @property
+    def codes(self) -> dict[str, str]:
+        """Language -> its code piece, for a run whose inputs and outputs start with language
+        codes (an imported NLLB or M2M100 model: eng_Latn -> eng_Latn, en -> __en__); {} for
+        any other run."""
+        data = self.ckpt.get("data", {})
+        return dict(data.get("tags", {})) if data.get("tags_on") == "target" else {}
+
+    def language_codes(
+        self, src: str, tgt: str, src_lang: str | None, tgt_lang: str | None
+    ) -> tuple[str, str] | None:
+        """The code pieces the sources and the targets of a src-tgt corpus start with: the
+        given src_lang / tgt_lang (a language or a code of the run), else the run's codes of
+        `src` and `tgt` (tokenizer.src_lang and tokenizer.tgt_lang are the keys); None for a
+        run without codes, which takes neither key.
+
+        Raises:
+            MTError: a key given for a run without codes, or a language the run has no code for.
+        """
+        codes = self.codes
+        if not codes:
+            for name, value in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
+                if value is not None:
+                    raise MTError(
+                        f"tokenizer.{name}={value}: {self.key}={self.run.root} has no language "
+                        "codes; leave tokenizer.src_lang and tokenizer.tgt_lang unset."
+                    )
+            return None
+        found = []
+        for side, lang, given in (("src", src, src_lang), ("tgt", tgt, tgt_lang)):
+            name = lang if given is None else given
+            if name in codes:
+                found.append(codes[name])
+            elif name in codes.values():
+                found.append(name)
+            elif given is None:
+                raise MTError(
+                    f"{self.key}={self.run.root} starts every sentence with a language code and "
+                    f"has none for data.{side}={lang}: set tokenizer.{side}_lang to its code "
+                    "(e.g. eng_Latn, deu_Latn for NLLB)."
+                )
+            else:
+                raise MTError(
+                    f"tokenizer.{side}_lang={given} is not a language code of "
+                    f"{self.key}={self.run.root}."
+                )
+        return found[0], found[1]
+
     def install(self, folder: Path) -> dict[str, str]:
         """Copy every file the tokenizers read into `folder`; returns side -> file name."""
         for path in {p for tok in self.tokenizers.values() for p in tok.files()}:
@@ -79,8 +127,7 @@ def read_run_vocab(run_dir: str | Path, key: str) -> RunVocab:
 
     Raises:
         MTError: A path that is not a run folder, a run without vocab.json or checkpoint, a
-            tokenizer file that is not the one vocab.json names, or an imported M2M100 / NLLB
-            run (whose language codes fine-tuning does not place yet); one sentence each.
+            tokenizer file that is not the one vocab.json names; one sentence each.
     """
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
@@ -91,12 +138,6 @@ def read_run_vocab(run_dir: str | Path, key: str) -> RunVocab:
         raise MTError(f"{key}={run_dir} has no vocab.json; name a run of mt train or mt import.")
     checkpoint = _checkpoint(run, key)
     ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("data", {}).get("tags_on") == "target":
-        family = ckpt.get("pretrained", {}).get("family", "a multilingual run")
-        raise MTError(
-            f"{key}={run_dir} is {family} with target language codes, which fine-tuning "
-            "does not place yet; mt fine-tunes Marian (OPUS-MT) imports and runs mt trained."
-        )
     identity = json.loads(run.vocab.read_text(encoding="utf-8"))
     if ckpt.get("vocab") != identity:
         raise MTError(f"{run.vocab} is not the vocabulary of {checkpoint}.")

@@ -1,8 +1,9 @@
 """Fine-tuning: `mt prepare tokenizer.from_run=RUN_DIR` and `mt train init_from=RUN_DIR`, from a
 tiny run mt trained and from a tiny random Marian imported with `mt import` (the builders of
 tests/test_import.py): the vocabulary, the weights, resume, the refusals, and a fine-tuned
-import that translates, serves and exports back to its class. With MT_MULTI30K set, 50 steps
-on Multi30k from an imported tiny Marian lower the validation loss."""
+import that translates, serves and exports back to its class; an imported NLLB and M2M100,
+whose data gets their language codes on both sides as transformers gives them. With
+MT_MULTI30K set, 50 steps on Multi30k from an imported tiny Marian lower the validation loss."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ import torch
 
 from mt.checkpoint import load_checkpoint
 from mt.cli import main
+from mt.convert.pretrained import IdMap
 from mt.data import ParallelData
 from mt.decode.run import load_run
+from mt.loss import Seq2SeqLoss
 from mt.manifest import load_manifest
 from mt.runvocab import read_run_vocab
-from mt.tokenizer import load_tokenizer
+from mt.tokenizer import EOS_ID, PAD_ID, load_tokenizer
 from mt.training.validation import evaluate_split
 from tests.conftest import write_corpus
 
@@ -33,6 +36,7 @@ from tests.test_import import (  # noqa: E402
     Family,
     _generate,
     _import,
+    _m2m100,
     _marian,
     _sentences,
     _spm_pieces,
@@ -303,6 +307,147 @@ def test_separate_vocabularies_prepare_and_fine_tune(tmp_path: Path) -> None:
     assert _results(run)["step"] == 2
     args = load_checkpoint(run / "checkpoints" / "last.pt")["model_args"]
     assert args["share_embeddings"] is False
+
+
+# ---------------------------------------------------------------- from an imported NLLB / M2M100
+
+NLLB_CODES = ["tokenizer.src_lang=eng_Latn", "tokenizer.tgt_lang=deu_Latn"]
+
+
+@pytest.fixture(scope="module")
+def nllb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    """A tiny NLLB (its tokenizer, codes eng_Latn, deu_Latn) imported; toy data prepared with
+    its tokenizer and codes; the Hugging Face tokenizer."""
+    root = tmp_path_factory.mktemp("nllb")
+    folder, _, tok = _m2m100(root, nllb=True)
+    _import(folder, root / "import")
+    corpus = _toy_corpus(root / "corpus")
+    _stage("prepare", "data=local", f"data.path={corpus}", f"out_dir={root / 'data'}",
+           f"tokenizer.from_run={root / 'import'}", *NLLB_CODES)  # fmt: skip
+    return root / "import", root / "data", tok
+
+
+def _model_ids(imported: Path) -> IdMap:
+    return IdMap.from_json(
+        load_checkpoint(imported / "checkpoints" / "final.pt")["pretrained"]["tgt_map"]
+    )
+
+
+def test_nllb_data_holds_the_ids_transformers_trains_on(nllb: tuple[Path, Path, Any]) -> None:
+    """Sources are [eng_Latn] pieces </s> and targets [deu_Latn] pieces </s>, as NllbTokenizer
+    gives input_ids and labels; decoding starts from the decoder start, as transformers shifts."""
+    imported, data, tok = nllb
+    manifest = load_manifest(data)
+    assert (manifest.src_tag, manifest.tgt_tag) == ("eng_Latn", "deu_Latn")
+    src, tgt = _pairs(24, 22)  # the valid split, kept in order
+    want = tok(src, text_target=tgt)
+    rows = _model_ids(imported).rows
+    split = ParallelData(data, "valid", 64)
+    batch = split.collate(list(range(len(split))))
+    for i in range(len(split)):
+        got_src = [rows[t] for t in batch.src[i].tolist() if t != PAD_ID]
+        got_tgt = [rows[t] for t in batch.tgt_out[i].tolist() if t != PAD_ID]
+        assert got_src == want["input_ids"][i]
+        assert got_tgt == want["labels"][i]
+    assert rows[int(batch.tgt_in[0, 0])] == tok.eos_token_id  # M2M100's decoder start
+
+
+def test_nllb_fine_tuning_loss_is_transformers_loss(nllb: tuple[Path, Path, Any]) -> None:
+    """On the prepared validation batch, mt's training loss (no smoothing) is the cross-entropy
+    transformers computes for the same model from NllbTokenizer's input_ids and labels."""
+    imported, data, tok = nllb
+    src, tgt = _pairs(24, 22)
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(imported.parent / "hf").eval()
+    inputs = tok(src, text_target=tgt, return_tensors="pt", padding=True)
+    inputs["labels"] = inputs["labels"].masked_fill(inputs["labels"] == tok.pad_token_id, -100)
+    loaded = load_run(imported, None, torch.device("cpu"))
+    split = ParallelData(data, "valid", loaded.max_len)
+    batch = split.collate(list(range(len(split))))
+    with torch.no_grad():
+        want = hf(**inputs).loss
+        _, nll = Seq2SeqLoss(loaded.model, 0.0, PAD_ID)(
+            batch.src, batch.src_pad_mask, batch.tgt_in, batch.tgt_out
+        )
+    torch.testing.assert_close(nll / batch.n_tgt_tokens, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def nllb_tuned(nllb: tuple[Path, Path, Any]) -> Path:
+    """The NLLB import fine-tuned 20 steps: validation (greedy BLEU) every 10, tuning."""
+    imported, data, _ = nllb
+    run = imported.parent / "tuned"
+    _stage("train", "experiment=finetune", f"init_from={imported}", f"data_dir={data}",
+           f"run_dir={run}", *CPU, "train.threads=1", "train.max_tokens=512", "train.max_steps=20",
+           "train.lr=1e-3", "train.warmup_steps=5", "train.valid_every=10",
+           "train.average_last=0", "train.tune_beams=[2]", "train.tune_lenpens=[1.0]",
+    )  # fmt: skip
+    return run
+
+
+def test_a_fine_tuned_nllb_translates_into_its_language_and_exports_back(
+    nllb: tuple[Path, Path, Any], nllb_tuned: Path, tmp_path: Path
+) -> None:
+    imported, data, tok = nllb
+    assert _valid_loss(nllb_tuned, data) < _valid_loss(imported, data)
+    assert "valid/bleu" in _results(nllb_tuned)["history"][-1]
+    ckpt = load_checkpoint(nllb_tuned / "checkpoints" / "final.pt")
+    assert ckpt["data"]["src_tag"] == "eng_Latn" and ckpt["data"]["tgt_tag"] == "deu_Latn"
+    texts = _pairs(30, 31)[0]
+    src, hyp = tmp_path / "src.txt", tmp_path / "hyp.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    args = ["decode.beam=1", "decode.max_len_a=0", "decode.max_len_b=22", "device=cpu",
+            "precision=fp32"]  # fmt: skip
+    # no decode.tgt_lang: the run translates into the language it was tuned for
+    _stage("translate", f"run_dir={nllb_tuned}", *args, f"input={src}", f"output={hyp}")
+    out = tmp_path / "hf"
+    _stage("export", f"run_dir={nllb_tuned}", "format=huggingface", f"out_dir={out}")
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    assert type(hf) is transformers.M2M100ForConditionalGeneration
+    deu = tok.convert_tokens_to_ids("deu_Latn")
+    assert hf.generation_config.forced_bos_token_id == deu
+    back = transformers.AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():  # generate's defaults, but for the search settings mt was given
+        made = hf.generate(**back(texts, return_tensors="pt", padding=True), num_beams=1,
+                           max_length=24, bad_words_ids=None)  # fmt: skip
+    want = back.batch_decode(made, skip_special_tokens=True)
+    assert [row[1] for row in made.tolist()] == [deu] * len(texts)
+    assert hyp.read_text(encoding="utf-8").splitlines() == want
+
+
+def test_m2m100_data_takes_its_codes_from_the_corpus_languages(tmp_path: Path) -> None:
+    folder, _, tok = _m2m100(tmp_path, nllb=False)
+    _import(folder, tmp_path / "import")
+    data = tmp_path / "data"
+    _stage("prepare", "data=local", f"data.path={_toy_corpus(tmp_path / 'corpus')}",
+           f"out_dir={data}", f"tokenizer.from_run={tmp_path / 'import'}")  # fmt: skip
+    manifest = load_manifest(data)
+    assert (manifest.src_tag, manifest.tgt_tag) == ("__en__", "__de__")
+    rows = _model_ids(tmp_path / "import").rows
+    first = ParallelData(data, "valid", 64).collate([0])
+    assert rows[int(first.src[0, 0])] == tok.convert_tokens_to_ids("__en__")
+    assert rows[int(first.tgt_out[0, 0])] == tok.convert_tokens_to_ids("__de__")
+    assert int(first.tgt_out[0, -1]) == EOS_ID
+
+
+def test_language_code_refusals_name_the_key(
+    nllb: tuple[Path, Path, Any], marian: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    imported = nllb[0]
+    corpus = imported.parent / "corpus"
+    base = ["data=local", f"data.path={corpus}", f"out_dir={tmp_path / 'd'}"]
+    err = _refusal(capsys, "prepare", *base, f"tokenizer.from_run={imported}")
+    assert "has none for data.src=en: set tokenizer.src_lang" in err
+    err = _refusal(capsys, "prepare", *base, f"tokenizer.from_run={imported}",
+                   "tokenizer.src_lang=eng_Latn", "tokenizer.tgt_lang=xyz_Latn")  # fmt: skip
+    assert "tokenizer.tgt_lang=xyz_Latn is not a language code of" in err
+    err = _refusal(capsys, "prepare", *base, f"tokenizer.from_run={marian[0]}",
+                   "tokenizer.src_lang=eng_Latn")  # fmt: skip
+    assert "has no language codes" in err
+    err = _refusal(capsys, "prepare", *base, f"tokenizer.from_run={imported}", *NLLB_CODES,
+                   "data.directions=[en-de,de-en]")  # fmt: skip
+    assert "one direction at a time" in err
+    assert not (tmp_path / "d").exists()
 
 
 # ---------------------------------------------------------------- Multi30k (MT_MULTI30K)

@@ -86,6 +86,13 @@ class TokenizerConfig:
     """A run folder (written by `mt train` or `mt import`) whose tokenizer(s) and vocabulary encode
     the data instead (for `mt train init_from=` that run); the spm group is then unused and
     clean.normalize becomes the run's. null: train SentencePiece here."""
+    src_lang: str | None = None
+    """With a from_run that has language codes (an imported NLLB or M2M100 model): the
+    language or code every source starts with (eng_Latn; M2M100: en or __en__). null: data.src,
+    when the run has a code for it."""
+    tgt_lang: str | None = None
+    """As src_lang, for the code every target starts with (deu_Latn), which decoding forces as
+    the first output token. null: data.tgt, when the run has a code for it."""
 
 
 @dataclass

@@ -165,7 +165,9 @@ def write_huggingface(source: Source, out_dir: Path) -> None:
     """A folder that `AutoModelForSeq2SeqLM` / `AutoTokenizer.from_pretrained` load; an
     imported run goes back into the class and tokenizer it came from."""
     if source.pretrained is not None:
-        write_pretrained(source.model, source.pretrained, source.run.root, out_dir)
+        write_pretrained(
+            source.model, source.pretrained, source.run.root, out_dir, source.tgt_first
+        )
         return
     model = _hf_model(source)
     model.generation_config.decoder_start_token_id = BOS_ID

@@ -22,8 +22,12 @@ from mt.model.transformer import Seq2Seq
 _COMPUTED = ("embed_positions",)
 
 
-def pretrained_model(model: Seq2Seq, pretrained: dict[str, Any]) -> Any:
-    """The transformers model of `pretrained["family"]` holding `model`'s weights (eval mode).
+def pretrained_model(
+    model: Seq2Seq, pretrained: dict[str, Any], tgt_first: int | None = None
+) -> Any:
+    """The transformers model of `pretrained["family"]` holding `model`'s weights (eval mode);
+    with `tgt_first` (the mt id of a fine-tuned NLLB run's target code), its generation config
+    forces that code first, so `generate` translates into the language the run was tuned for.
 
     Raises:
         MTError: Without transformers, or when the weights do not fill the class exactly.
@@ -52,16 +56,23 @@ def pretrained_model(model: Seq2Seq, pretrained: dict[str, Any]) -> Any:
             f"export to {family}: missing {missing}, unexpected {list(result.unexpected_keys)}"
         )
     hf.generation_config = transformers.GenerationConfig.from_dict(pretrained["generation_config"])
+    if tgt_first is not None:
+        hf.generation_config.forced_bos_token_id = tgt_map.rows[tgt_first]
     return hf.eval()
 
 
 def write_pretrained(
-    model: Seq2Seq, pretrained: dict[str, Any], run_root: Path, out_dir: Path
+    model: Seq2Seq,
+    pretrained: dict[str, Any],
+    run_root: Path,
+    out_dir: Path,
+    tgt_first: int | None = None,
 ) -> None:
-    """Save the model in its source class and the source's tokenizer files into `out_dir`."""
+    """Save the model in its source class (`pretrained_model`) and the source's tokenizer files
+    into `out_dir`."""
     tokenizer = run_root / TOKENIZER_DIR
     if not tokenizer.is_dir():
         raise MTError(f"{tokenizer} is missing: the run folder needs its imported tokenizer.")
-    pretrained_model(model, pretrained).save_pretrained(str(out_dir))
+    pretrained_model(model, pretrained, tgt_first).save_pretrained(str(out_dir))
     for path in tokenizer.iterdir():
         shutil.copyfile(path, out_dir / path.name)

@@ -73,6 +73,8 @@ class Source:
     direction: str = "?"  # e.g. en-de, as the data was prepared
     pretrained: dict[str, Any] | None = None
     """An imported run's source class, config and id maps (`mt import`), else None."""
+    tgt_first: int | None = None
+    """The mt id every output starts with (a fine-tuned NLLB run's target code), else None."""
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -94,6 +96,7 @@ def load_source(run_dir: str | Path, checkpoint: str | None) -> Source:
         RunDir(Path(run_dir)), loaded.checkpoint, loaded.model.float(), ckpt["model_args"],
         loaded.src_tok, loaded.tgt_tok, loaded.normalize_form,
         str(ckpt.get("data", {}).get("direction", "?")), ckpt.get("pretrained"),
+        loaded.tgt_tag,
     )  # fmt: skip
 
 

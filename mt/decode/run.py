@@ -76,7 +76,9 @@ def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
         if tok.sha256() != vocab["sha256"][side]:
             raise MTError(f"{paths[0]} was trained with another vocabulary than {spm_path}.")
         tokenizers[side] = tok
-    src_code = ckpts[0].get("data", {}).get("src_tag")  # an imported NLLB run's source code
+    data = ckpts[0].get("data", {})
+    src_code = data.get("src_tag")  # an NLLB run's source code (imported or fine-tuned)
+    tgt_code = data.get("tgt_tag")  # a fine-tuned NLLB run's target code
     return LoadedRun(
         models[0] if len(models) == 1 else Ensemble(models).eval(),
         tokenizers["src"],
@@ -86,6 +88,7 @@ def load_run(run_dir: Path, checkpoint: Any, device: torch.device) -> LoadedRun:
         paths[0],
         **_languages(ckpts[0]),
         src_tag=None if src_code is None else tokenizers["src"].piece_id(src_code),
+        tgt_tag=None if tgt_code is None else tokenizers["tgt"].piece_id(tgt_code),
         run_dir=Path(run_dir),
     )
 

@@ -51,7 +51,7 @@ def final_scores(
     if not manifest.has_split("test"):
         return out
     with stoppable(trainer.requested_signal, "the final test decode"):
-        return {**out, **_test_scores(cfg, trainer, data_dir, final)}
+        return {**out, **_test_scores(cfg, trainer, data_dir, manifest, final)}
 
 
 def _average(cfg: TrainConfig, trainer: Trainer, final: Path) -> tuple[Path, dict[str, Any]]:
@@ -93,11 +93,12 @@ def _tune(cfg: TrainConfig, trainer: Trainer, final: Path) -> dict[str, Any]:
 
 
 def _test_scores(
-    cfg: TrainConfig, trainer: Trainer, data_dir: Path, final: Path
+    cfg: TrainConfig, trainer: Trainer, data_dir: Path, manifest: Manifest, final: Path
 ) -> dict[str, float]:
     """Greedy BLEU and loss of `final` on the test split (rank 0 alone)."""
     trainer.model.load_state_dict(load_checkpoint(final)["model"])
-    test = ParallelData(data_dir, "test", cfg.model.max_positions)
+    first = trainer.tokenizer.piece_id(manifest.tgt_tag) if manifest.tgt_tag else None
+    test = ParallelData(data_dir, "test", cfg.model.max_positions, first)
     log.info("decoding the test split (%d pairs) with %s", len(test), final.name)
     metrics = evaluate_split(
         trainer.model, test, trainer.tokenizer, trainer.precision, trainer.device,

@@ -67,6 +67,11 @@ def load_init(cfg: TrainConfig, manifest: Manifest, data_dir: Path) -> Init:
             f"data_dir {data_dir} was prepared with another vocabulary than init_from={name} "
             f"(its vocab.json); prepare it with tokenizer.from_run={name}."
         )
+    if init.codes and manifest.tgt_tag is None:
+        raise MTError(
+            f"init_from={name} starts every sentence with a language code and data_dir "
+            f"{data_dir} has none; prepare it with tokenizer.from_run={name}."
+        )
     check_architecture(cfg.model, init.ckpt["model_args"], name)
     return Init(init.run, init.checkpoint, init.ckpt["model"], init.ckpt.get("pretrained"))
 

@@ -125,7 +125,9 @@ def build_trainer(
     opt = build_optimization(cfg, model_args, device, dist, clock, init.model if init else None)
     seed_everything(cfg.train.seed + dist.rank)  # own dropout per rank
     max_len = cfg.model.max_positions
-    valid = ParallelData(data_dir, "valid", max_len) if manifest.has_split("valid") else None
+    tokenizer = load_tokenizer(data_dir / manifest.spm.models["tgt"])
+    first = tokenizer.piece_id(manifest.tgt_tag) if manifest.tgt_tag else None
+    valid = ParallelData(data_dir, "valid", max_len, first) if manifest.has_split("valid") else None
     return Trainer(
         model=opt.model,
         loss_fn=opt.loss_fn,
@@ -134,7 +136,7 @@ def build_trainer(
         scaler=grad_scaler(precision, device),
         train_data=ParallelData(data_dir, "train", max_len),
         valid_data=valid,
-        tokenizer=load_tokenizer(data_dir / manifest.spm.models["tgt"]),
+        tokenizer=tokenizer,
         tracker=Tracker(run.tensorboard if dist.is_main else None),
         run=run,
         cfg=cfg.train,
@@ -151,6 +153,8 @@ def build_trainer(
                 "direction": manifest.direction,
                 "normalize": manifest.normalize,
                 "tags": manifest.tags,
+                # an NLLB / M2M100 run's language codes (the import's data says the same)
+                **{k: v for k in ("src_tag", "tgt_tag") if (v := getattr(manifest, k))},
             },
             **({"pretrained": init.pretrained} if init and init.pretrained else {}),
         },

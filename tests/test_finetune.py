@@ -20,7 +20,8 @@ from mt.checkpoint import load_checkpoint
 from mt.cli import main
 from mt.convert.pretrained import IdMap
 from mt.data import ParallelData
-from mt.decode.run import load_run
+from mt.decode.run import for_target, load_run
+from mt.errors import MTError
 from mt.loss import Seq2SeqLoss
 from mt.manifest import load_manifest
 from mt.runvocab import read_run_vocab
@@ -399,6 +400,13 @@ def test_a_fine_tuned_nllb_translates_into_its_language_and_exports_back(
             "precision=fp32"]  # fmt: skip
     # no decode.tgt_lang: the run translates into the language it was tuned for
     _stage("translate", f"run_dir={nllb_tuned}", *args, f"input={src}", f"output={hyp}")
+    by_code = tmp_path / "by_code.txt"
+    _stage("translate", f"run_dir={nllb_tuned}", *args, "decode.tgt_lang=deu_Latn",
+           f"input={src}", f"output={by_code}")  # fmt: skip
+    assert by_code.read_text(encoding="utf-8") == hyp.read_text(encoding="utf-8")
+    loaded = load_run(nllb_tuned, None, torch.device("cpu"))
+    with pytest.raises(MTError, match=r"translates into de \(deu_Latn\) only"):
+        for_target(loaded, "fra_Latn")
     out = tmp_path / "hf"
     _stage("export", f"run_dir={nllb_tuned}", "format=huggingface", f"out_dir={out}")
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()

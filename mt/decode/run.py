@@ -118,10 +118,11 @@ def for_target(run: LoadedRun, tgt_lang: str | None) -> LoadedRun:
         if run.tags_on == "target":
             return dataclasses.replace(run, tgt_tag=run.tgt_tok.piece_id(run.tags[tgt_lang]))
         return dataclasses.replace(run, src_tag=run.src_tok.piece_id(run.tags[tgt_lang]))
-    if tgt_lang is not None and run.tgt and tgt_lang != run.tgt:
-        raise MTError(
-            f"decode.tgt_lang={tgt_lang}: {run.checkpoint} translates into {run.tgt} only."
-        )
+    # a fine-tuned NLLB / M2M100 run answers to its language and to its code (deu_Latn)
+    code = None if run.tgt_tag is None else run.tgt_tok.id_to_piece(run.tgt_tag)
+    if tgt_lang is not None and run.tgt and tgt_lang not in (run.tgt, code):
+        named = run.tgt if code is None else f"{run.tgt} ({code})"
+        raise MTError(f"decode.tgt_lang={tgt_lang}: {run.checkpoint} translates into {named} only.")
     return run
 
 

@@ -354,6 +354,11 @@ def run_prepare(cfg: PrepareConfig) -> Manifest:
     dirs = directions(cfg.data)
     if reuse is not None:
         dirs = _with_codes(dirs, reuse, cfg)
+    elif cfg.tokenizer.src_lang is not None or cfg.tokenizer.tgt_lang is not None:
+        raise MTError(
+            "tokenizer.src_lang and tokenizer.tgt_lang name the language codes of a "
+            "tokenizer.from_run run; set tokenizer.from_run, or leave them unset."
+        )
     hub = bool(cfg.data.hub_id)
     if not cfg.force and not hub and _up_to_date(old, cfg, _input_files(dirs)):
         print(f"{out} is up to date (same inputs and settings); force=true rebuilds it.")

@@ -455,6 +455,8 @@ def test_language_code_refusals_name_the_key(
     err = _refusal(capsys, "prepare", *base, f"tokenizer.from_run={imported}", *NLLB_CODES,
                    "data.directions=[en-de,de-en]")  # fmt: skip
     assert "one direction at a time" in err
+    err = _refusal(capsys, "prepare", *base, "tokenizer.tgt_lang=deu_Latn")
+    assert "set tokenizer.from_run, or leave them unset" in err
     assert not (tmp_path / "d").exists()
 
 

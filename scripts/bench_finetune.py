@@ -32,13 +32,13 @@ from typing import Any
 
 import sentencepiece as spm
 import torch
-import torch.nn.functional as F
 
 # run as `python scripts/bench_finetune.py`: its folder is on sys.path
 from benchlib import (
     alternate,
     last_json_line,
     multi30k_dir,
+    plain_update,
     print_json,
     run_child,
     smoke_corpus,
@@ -181,16 +181,7 @@ class Transformers:
                 attention_mask=~batch.src_pad_mask,
                 decoder_input_ids=self.rows[batch.tgt_in],  # mt's bos -> the decoder start
             ).logits
-        loss = F.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-            label_smoothing=0.1, reduction="sum",
-        )  # fmt: skip
-        self.scaler.scale(loss / batch.n_tgt_tokens).backward()
-        self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
+        plain_update(self.model, self.opt, self.scaler, logits, labels, -100, batch.n_tgt_tokens)
 
 
 SYSTEMS = {"mt": Mt, "transformers": Transformers}

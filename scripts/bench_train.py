@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 # run as `python scripts/bench_train.py`: its folder is on sys.path
-from benchlib import alternate, multi30k_dir, print_json, synchronize
+from benchlib import alternate, multi30k_dir, plain_update, print_json, synchronize
 
 from mt.config import (
     DataConfig,
@@ -169,16 +168,9 @@ class HuggingFace:
                 attention_mask=~batch.src_pad_mask,
                 decoder_input_ids=batch.tgt_in,
             ).logits
-        loss = F.cross_entropy(
-            logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
-            label_smoothing=0.1, reduction="sum",
-        )  # fmt: skip
-        self.scaler.scale(loss / batch.n_tgt_tokens).backward()
-        self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
+        plain_update(
+            self.model, self.opt, self.scaler, logits, batch.tgt_out, PAD_ID, batch.n_tgt_tokens
+        )
 
 
 def compare(

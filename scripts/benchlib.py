@@ -7,7 +7,8 @@ Multi30k-shaped synthetic corpus and a tiny model trained on it for a few steps;
 decoding benchmarks, mt's search on a random model with end-of-sentence suppressed (`NoEos`,
 `time_ours`, on CPU or a CUDA device, `synchronize`d), so every system decodes exactly the same
 number of steps; and, for the training benchmarks, `run_for` and `alternate` (systems trained
-in alternating rounds on the same batches, so that machine drift hits each alike).
+in alternating rounds on the same batches, so that machine drift hits each alike) and
+`plain_update`, the peer loop's update.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from mt.config import (
     DataConfig,
@@ -187,6 +189,25 @@ def run_for(
             break
     synchronize(device)
     return tokens, time.perf_counter() - start, cursor
+
+
+def plain_update(
+    model: torch.nn.Module, opt, scaler, logits: torch.Tensor, labels: torch.Tensor,
+    ignore_index: int, n_tokens: int,
+) -> None:  # fmt: skip
+    """The update of a plain transformers training loop (the peer the training benchmarks time
+    mt against): summed label-smoothed (0.1) cross-entropy of `logits` [B, T, V] against
+    `labels` [B, T] per target token, backward through `scaler`, clipping at 1.0, the step."""
+    loss = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=ignore_index,
+        label_smoothing=0.1, reduction="sum",
+    )  # fmt: skip
+    scaler.scale(loss / n_tokens).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
 
 
 def alternate(

@@ -220,17 +220,22 @@ def marian(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "import", root / "data"
 
 
-@pytest.fixture(scope="module")
-def marian_tuned(marian: tuple[Path, Path]) -> Path:
-    """The import fine-tuned 20 steps: validation (BLEU) every 10, averaging, tuning."""
-    imported, data = marian
+def _fine_tune_20_steps(imported: Path, data: Path, *extra: str) -> Path:
+    """`imported` fine-tuned 20 steps on `data` (experiment=finetune at lr 1e-3) into the
+    folder "tuned" beside it: validation (BLEU) every 10, tuning beam 2, lenpen 1.0 only."""
     run = imported.parent / "tuned"
     _stage("train", "experiment=finetune", f"init_from={imported}", f"data_dir={data}",
            f"run_dir={run}", *CPU, "train.threads=1", "train.max_tokens=512", "train.max_steps=20",
            "train.lr=1e-3", "train.warmup_steps=5", "train.valid_every=10",
-           "train.average_last=2", "train.tune_beams=[2]", "train.tune_lenpens=[1.0]",
-    )  # fmt: skip
+           "train.tune_beams=[2]", "train.tune_lenpens=[1.0]", *extra)  # fmt: skip
     return run
+
+
+@pytest.fixture(scope="module")
+def marian_tuned(marian: tuple[Path, Path]) -> Path:
+    """The import fine-tuned 20 steps: validation (BLEU) every 10, averaging, tuning."""
+    imported, data = marian
+    return _fine_tune_20_steps(imported, data, "train.average_last=2")
 
 
 def test_the_imported_vocabulary_prepares_joint_data(marian: tuple[Path, Path]) -> None:
@@ -376,13 +381,7 @@ def test_nllb_fine_tuning_loss_is_transformers_loss(nllb: tuple[Path, Path, Any]
 def nllb_tuned(nllb: tuple[Path, Path, Any]) -> Path:
     """The NLLB import fine-tuned 20 steps: validation (greedy BLEU) every 10, tuning."""
     imported, data, _ = nllb
-    run = imported.parent / "tuned"
-    _stage("train", "experiment=finetune", f"init_from={imported}", f"data_dir={data}",
-           f"run_dir={run}", *CPU, "train.threads=1", "train.max_tokens=512", "train.max_steps=20",
-           "train.lr=1e-3", "train.warmup_steps=5", "train.valid_every=10",
-           "train.average_last=0", "train.tune_beams=[2]", "train.tune_lenpens=[1.0]",
-    )  # fmt: skip
-    return run
+    return _fine_tune_20_steps(imported, data, "train.average_last=0")
 
 
 def test_a_fine_tuned_nllb_translates_into_its_language_and_exports_back(

@@ -19,6 +19,7 @@ from mt.data import ParallelData
 from mt.files import write_text
 from mt.manifest import Manifest
 from mt.training.checkpoints import average_last
+from mt.training.setup import target_code_id
 from mt.training.stopping import stoppable
 from mt.training.trainer import Trainer
 from mt.training.tuning import grid, tune_decoding, tuned_summary
@@ -97,7 +98,7 @@ def _test_scores(
 ) -> dict[str, float]:
     """Greedy BLEU and loss of `final` on the test split (rank 0 alone)."""
     trainer.model.load_state_dict(load_checkpoint(final)["model"])
-    first = trainer.tokenizer.piece_id(manifest.tgt_tag) if manifest.tgt_tag else None
+    first = target_code_id(manifest, trainer.tokenizer)
     test = ParallelData(data_dir, "test", cfg.model.max_positions, first)
     log.info("decoding the test split (%d pairs) with %s", len(test), final.name)
     metrics = evaluate_split(

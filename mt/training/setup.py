@@ -21,7 +21,7 @@ from mt.model import transformer
 from mt.optim import build_optimizer, build_scheduler
 from mt.rundir import RunDir
 from mt.runtime import Dist, grad_scaler, seed_everything
-from mt.tokenizer import PAD_ID, load_tokenizer
+from mt.tokenizer import PAD_ID, AnyTokenizer, load_tokenizer
 from mt.tracking import Tracker
 from mt.training.finetune import Init
 from mt.training.state import Stopwatch
@@ -107,6 +107,12 @@ def build_optimization(
     return Optimization(model, loss_fn, optimizer, scheduler)
 
 
+def target_code_id(manifest: Manifest, tokenizer: AnyTokenizer) -> int | None:
+    """The id of the language code every target of the data starts with (`Manifest.tgt_tag`,
+    data of an NLLB / M2M100 run), which validation and test decoding force; None without."""
+    return tokenizer.piece_id(manifest.tgt_tag) if manifest.tgt_tag else None
+
+
 def build_trainer(
     cfg: TrainConfig,
     manifest: Manifest,
@@ -126,7 +132,7 @@ def build_trainer(
     seed_everything(cfg.train.seed + dist.rank)  # own dropout per rank
     max_len = cfg.model.max_positions
     tokenizer = load_tokenizer(data_dir / manifest.spm.models["tgt"])
-    first = tokenizer.piece_id(manifest.tgt_tag) if manifest.tgt_tag else None
+    first = target_code_id(manifest, tokenizer)
     valid = ParallelData(data_dir, "valid", max_len, first) if manifest.has_split("valid") else None
     return Trainer(
         model=opt.model,

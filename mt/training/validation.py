@@ -72,7 +72,10 @@ def evaluate_split(
         with autocast(precision, device):
             loss, nll = loss_fn(batch.src, batch.src_pad_mask, batch.tgt_in, batch.tgt_out)
             if with_bleu:
-                prefix_ids = None if data.tgt_first is None else batch.tgt_out[:, :1]
+                first = data.tgt_first
+                prefix_ids = (
+                    None if first is None else batch.src.new_full((len(batch.ids), 1), first)
+                )
                 found = greedy_search(model, batch.src, batch.src_pad_mask, limits, prefix_ids)
                 texts = tokenizer.decode([h.tokens for h in found])
                 hyps.update(zip(batch.ids.tolist(), texts, strict=True))
